@@ -1,0 +1,915 @@
+"""load_config: defaults, secrets, durations, modes, groups, and one clear line per problem."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wxtokend.cli import main
+from wxtokend.config import Config, load_config, parse_duration
+from wxtokend.errors import ConfigError
+
+APPID = "wx0123456789abcdef"
+APPID2 = "wxfedcba9876543210"
+FILE_SECRET = "f1le-s3cr3t-0123456789abcdef0123"
+ENV_SECRET = "env-s3cr3t-0123456789abcdef01234"
+INLINE_SECRET = "INLINE-s3cr3t-DO-NOT-PRINT-4242"
+AS_ROOT = os.geteuid() == 0
+
+MINIMAL = f"""\
+apps:
+  - appid: {APPID}
+    secret_file: app.secret
+"""
+
+
+def yaml_text(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def write_config(directory: Path, text: str, *, mode: int = 0o600) -> Path:
+    """config.yaml (mode ``mode``) plus app.secret beside it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.secret").write_text(FILE_SECRET + "\n")
+    path = directory / "config.yaml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def load(directory: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    return load_config(write_config(directory, text), environ=environ or {})
+
+
+def problems_of(path: Path, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ or {})
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+@pytest.fixture
+def own_group() -> tuple[str, int]:
+    gid = os.getgid()
+    return grp.getgrgid(gid).gr_name, gid
+
+
+class TestValidConfig:
+    def test_minimal_config_gets_the_defaults(self, tmp_path: Path) -> None:
+        """A config with one app and a secret file gets every documented default."""
+        path = write_config(tmp_path, MINIMAL)
+        config = load_config(path, environ={})
+        assert config.path == path
+        assert config.output_dir == Path("/run/wxtoken")
+        assert config.file_mode == 0o640
+        assert config.file_gid is None
+        assert config.api_base == "https://api.weixin.qq.com"
+        assert config.proxy is None
+        assert config.max_concurrency == 16
+        assert config.stable_renew_window == 300.0
+        assert config.request_timeout == 10.0
+        assert config.warnings == ()
+        (app,) = config.apps
+        assert (app.appid, app.name, app.grant) == (APPID, APPID, "stable")
+        assert app.secret.reveal() == FILE_SECRET
+        assert app.secret_source == "secret_file app.secret"
+
+    def test_every_key_is_read(self, tmp_path: Path) -> None:
+        """Every top-level and app key given in the file ends up in the Config."""
+        config = load(
+            tmp_path,
+            yaml_text(f"""
+                output_dir: /var/lib/wxtoken
+                file_mode: "0600"
+                file_group: 4242
+                api_base: http://127.0.0.1:8080/wechat/
+                proxy: http://proxy.internal:3128
+                max_concurrency: 1024
+                stable_renew_window: 2m
+                request_timeout: 3s
+                apps:
+                  - appid: {APPID}
+                    name: shop
+                    grant: classic
+                    secret_file: app.secret
+                  - appid: {APPID2}
+                    secret_env: WX_SECRET
+            """),
+            environ={"WX_SECRET": ENV_SECRET},
+        )
+        assert config.output_dir == Path("/var/lib/wxtoken")
+        assert config.file_mode == 0o600
+        assert config.file_gid == 4242
+        assert config.api_base == "http://127.0.0.1:8080/wechat"
+        assert config.proxy == "http://proxy.internal:3128"
+        assert config.max_concurrency == 1024
+        assert config.stable_renew_window == 120.0
+        assert config.request_timeout == 3.0
+        assert [(a.appid, a.name, a.grant) for a in config.apps] == [
+            (APPID, "shop", "classic"),
+            (APPID2, APPID2, "stable"),
+        ]
+        assert config.app("shop") is config.apps[0]
+        assert config.app(APPID) is config.apps[0]
+        assert config.app(APPID2) is config.apps[1]
+        assert config.app("nope") is None
+
+    def test_relative_paths_resolve_against_the_config_directory(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Relative output_dir and secret_file are taken from the config's directory, not cwd."""
+        confdir = tmp_path / "etc"
+        (confdir / "secrets").mkdir(parents=True)
+        (confdir / "secrets" / "shop").write_text("nested-secret\n")
+        path = write_config(
+            confdir,
+            yaml_text(f"""
+                output_dir: tokens
+                apps:
+                  - appid: {APPID}
+                    secret_file: secrets/shop
+            """),
+        )
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        config = load_config(path, environ={})
+        assert config.output_dir == confdir / "tokens"
+        assert config.apps[0].secret.reveal() == "nested-secret"
+
+    def test_absolute_secret_file_is_used_as_is(self, tmp_path: Path) -> None:
+        """An absolute secret_file is read from where it says."""
+        other = tmp_path / "vault" / "s"
+        other.parent.mkdir()
+        other.write_text("absolute-secret\n")
+        config = load(
+            tmp_path / "etc",
+            f"apps:\n  - appid: {APPID}\n    secret_file: {other}\n",
+        )
+        assert config.apps[0].secret.reveal() == "absolute-secret"
+        assert config.apps[0].secret_source == f"secret_file {other}"
+
+
+class TestSecrets:
+    @pytest.mark.parametrize(
+        "content",
+        [f"{FILE_SECRET}\n", FILE_SECRET, f"{FILE_SECRET}\r\n", f"  {FILE_SECRET}\n\n"],
+        ids=["newline", "no-newline", "crlf", "padded"],
+    )
+    def test_secret_file_is_stripped(self, tmp_path: Path, content: str) -> None:
+        """The secret file's surrounding whitespace, e.g. a trailing newline, is dropped."""
+        path = write_config(tmp_path, MINIMAL)
+        (tmp_path / "app.secret").write_text(content, newline="")
+        assert load_config(path, environ={}).apps[0].secret.reveal() == FILE_SECRET
+
+    def test_secret_from_environment(self, tmp_path: Path) -> None:
+        """secret_env reads the variable from the environ mapping given to load_config."""
+        config = load(
+            tmp_path,
+            f"apps:\n  - appid: {APPID}\n    secret_env: WX_SECRET\n",
+            environ={"WX_SECRET": ENV_SECRET},
+        )
+        assert config.apps[0].secret.reveal() == ENV_SECRET
+        assert config.apps[0].secret_source == "secret_env WX_SECRET"
+
+    def test_environ_mapping_replaces_os_environ(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With environ given, a variable that only os.environ has counts as unset."""
+        monkeypatch.setenv("WX_SECRET", ENV_SECRET)
+        path = write_config(tmp_path, f"apps:\n  - appid: {APPID}\n    secret_env: WX_SECRET\n")
+        (problem,) = problems_of(path, environ={})
+        assert "WX_SECRET is not set" in problem
+
+    def test_without_environ_os_environ_is_used(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without an environ mapping, secret_env reads the process environment."""
+        monkeypatch.setenv("WX_SECRET", ENV_SECRET)
+        path = write_config(tmp_path, f"apps:\n  - appid: {APPID}\n    secret_env: WX_SECRET\n")
+        assert load_config(path).apps[0].secret.reveal() == ENV_SECRET
+
+    def test_inline_secret(self, tmp_path: Path) -> None:
+        """An inline secret is used as is and its source says it sits in the config file."""
+        config = load(tmp_path, f"apps:\n  - appid: {APPID}\n    secret: {INLINE_SECRET}\n")
+        assert config.apps[0].secret.reveal() == INLINE_SECRET
+        assert config.apps[0].secret_source == "secret: in the config file"
+
+    def test_config_repr_hides_secrets(self, tmp_path: Path) -> None:
+        """repr of the loaded Config shows no secret."""
+        config = load(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - appid: {APPID}
+                    secret: {INLINE_SECRET}
+                  - appid: {APPID2}
+                    secret_file: app.secret
+            """),
+        )
+        assert INLINE_SECRET not in repr(config)
+        assert FILE_SECRET not in repr(config)
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("value", "seconds"),
+        [
+            (300, 300.0),
+            (2.5, 2.5),
+            ("300", 300.0),
+            ("15s", 15.0),
+            ("5m", 300.0),
+            ("1h", 3600.0),
+            ("500ms", 0.5),
+            ("1.5s", 1.5),
+            (" 5m ", 300.0),
+        ],
+    )
+    def test_parse_duration(self, value: object, seconds: float) -> None:
+        """Numbers are seconds; strings may carry ms, s, m or h."""
+        assert parse_duration(value) == seconds
+
+    @pytest.mark.parametrize(
+        "value",
+        ["", "abc", "5d", "m", "-5s", "1e3", "0", "0s", 0, 0.0, -1, True, False, None, [5]],
+    )
+    def test_parse_duration_rejects(self, value: object) -> None:
+        """Non-durations, zero and negative values are refused."""
+        with pytest.raises(ValueError, match=r"duration|longer than zero"):
+            parse_duration(value)
+
+    def test_parse_duration_rejects_nan(self) -> None:
+        """NaN is not a duration."""
+        with pytest.raises(ValueError, match=r"duration|longer than zero"):
+            parse_duration(float("nan"))
+
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("300", 300.0), ("15s", 15.0), ("5m", 300.0), ("1h", 3600.0), ("500ms", 0.5)],
+    )
+    @pytest.mark.parametrize("key", ["stable_renew_window", "request_timeout"])
+    def test_duration_keys(self, tmp_path: Path, key: str, text: str, seconds: float) -> None:
+        """stable_renew_window and request_timeout accept the same duration forms."""
+        config = load(tmp_path, f"{key}: {text}\n{MINIMAL}")
+        assert getattr(config, key) == seconds
+
+
+class TestFileModeAndGroup:
+    @pytest.mark.parametrize(
+        ("text", "mode"),
+        [
+            ('"0640"', 0o640),
+            ('"640"', 0o640),
+            ('"0o640"', 0o640),
+            ("'0600'", 0o600),
+            ('"0400"', 0o400),
+            ('"0660"', 0o660),
+            ('"0644"', 0o644),
+        ],
+    )
+    def test_file_mode_accepted(self, tmp_path: Path, text: str, mode: int) -> None:
+        """Octal modes written as strings (or YAML octal) are read as octal."""
+        assert load(tmp_path, f"file_mode: {text}\n{MINIMAL}").file_mode == mode
+
+    @pytest.mark.parametrize("text", ["440", "0640", "416"])
+    def test_unquoted_file_mode_is_refused(self, tmp_path: Path, text: str) -> None:
+        """Unquoted modes are refused: YAML reads 0640 as octal but 440 as decimal (0o670)."""
+        path = write_config(tmp_path, f"file_mode: {text}\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: file_mode: ")
+        assert 'write it quoted, e.g. file_mode: "0640"' in problem
+
+    def test_file_group_by_name(self, tmp_path: Path, own_group: tuple[str, int]) -> None:
+        """A group name that exists becomes its gid."""
+        name, gid = own_group
+        assert load(tmp_path, f'file_group: "{name}"\n{MINIMAL}').file_gid == gid
+
+    @pytest.mark.parametrize(("text", "gid"), [("4242", 4242), ('"4242"', 4242), ("0", 0)])
+    def test_file_group_by_number(self, tmp_path: Path, text: str, gid: int) -> None:
+        """A numeric file_group (int or digit string) is used as the gid."""
+        assert load(tmp_path, f"file_group: {text}\n{MINIMAL}").file_gid == gid
+
+    @pytest.mark.parametrize("text", ["no", "yes"])
+    def test_file_group_boolean_is_refused(self, tmp_path: Path, text: str) -> None:
+        """A YAML boolean is not a group: file_group: no must not mean gid 0."""
+        path = write_config(tmp_path, f"file_group: {text}\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert ": file_group: " in problem
+
+    def test_file_group_of_wrong_type_is_one_problem(self, tmp_path: Path) -> None:
+        """file_group: [a, b] gives one problem at file_group with its line."""
+        path = write_config(tmp_path, f"file_group: [a, b]\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: file_group: ")
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One invalid input: the problem must sit at ``line`` under ``key`` and mention ``fix``."""
+
+    id: str
+    text: str
+    key: str
+    line: int | None
+    fix: str
+    environ: dict[str, str] = field(default_factory=dict)
+    setup: Callable[[Path], None] | None = None
+    root_can_read: bool = False
+
+
+def app_with(*lines: str, appid: str = APPID) -> str:
+    """A config with one app: its appid on line 2, then ``lines`` from line 3."""
+    body = "".join(f"    {line}\n" for line in lines)
+    return f"apps:\n  - appid: {appid}\n{body}"
+
+
+def top_with(line: str) -> str:
+    """A valid config with ``line`` as line 1."""
+    return f"{line}\n{MINIMAL}"
+
+
+def chmod_000(directory: Path) -> None:
+    (directory / "locked.secret").write_text("x\n")
+    (directory / "locked.secret").chmod(0)
+
+
+def make_dir(directory: Path) -> None:
+    (directory / "dir.secret").mkdir()
+
+
+def write(name: str, content: bytes) -> Callable[[Path], None]:
+    def setup(directory: Path) -> None:
+        (directory / name).write_bytes(content)
+
+    return setup
+
+
+NAME_FIX = "use 1-128 letters, digits, '_' or '-'"
+
+BAD_INPUTS = [
+    Bad(
+        "unknown-app-key",
+        app_with("secrt: app.secret"),
+        "apps[0].secrt",
+        3,
+        "did you mean 'secret'?",
+    ),
+    Bad(
+        "unknown-top-key",
+        top_with("outptu_dir: /srv/x"),
+        "outptu_dir",
+        1,
+        "did you mean 'output_dir'?",
+    ),
+    Bad(
+        "bad-grant",
+        app_with("grant: fast", "secret_file: app.secret"),
+        "apps[0].grant",
+        3,
+        "grant: stable",
+    ),
+    *[
+        Bad(
+            f"name-{label}",
+            app_with(f"name: {value}", "secret_file: app.secret"),
+            "apps[0].name",
+            3,
+            NAME_FIX,
+        )
+        for label, value in [
+            ("slash", '"a/b"'),
+            ("dotdot", '".."'),
+            ("leading-dot", '".hidden"'),
+            ("control-char", '"a\\x07b"'),
+            ("tab", '"a\\tb"'),
+            ("empty", '""'),
+            ("spaces", '"my shop"'),
+            ("too-long", "a" * 129),
+        ]
+    ],
+    Bad(
+        "appid-with-space",
+        app_with("secret_file: app.secret", appid='"wx0123 456789abcdef"'),
+        "apps[0].appid",
+        2,
+        "copy the AppID",
+    ),
+    Bad(
+        "appid-empty",
+        app_with("secret_file: app.secret", appid='""'),
+        "apps[0].appid",
+        2,
+        "copy the AppID",
+    ),
+    Bad(
+        "appid-not-a-file-name",
+        app_with("secret_file: app.secret", appid="wx/0123"),
+        "apps[0].appid",
+        2,
+        "set name: for this app",
+    ),
+    Bad(
+        "duplicate-appid",
+        yaml_text(f"""
+            apps:
+              - appid: {APPID}
+                name: one
+                secret_file: app.secret
+              - appid: {APPID}
+                name: two
+                secret_file: app.secret
+        """),
+        "apps[1].appid",
+        5,
+        "give every app its own appid",
+    ),
+    Bad(
+        "duplicate-name",
+        yaml_text(f"""
+            apps:
+              - appid: {APPID}
+                name: shop
+                secret_file: app.secret
+              - appid: {APPID2}
+                name: shop
+                secret_file: app.secret
+        """),
+        "apps[1].name",
+        6,
+        "give every app its own name",
+    ),
+    Bad(
+        "missing-secret",
+        app_with("grant: classic"),
+        "apps[0]",
+        2,
+        "set exactly one of secret_file, secret_env or secret",
+    ),
+    Bad(
+        "two-secret-sources",
+        app_with("secret_file: app.secret", "secret_env: WX_SECRET"),
+        "apps[0]",
+        2,
+        "set exactly one of secret_file, secret_env or secret",
+        environ={"WX_SECRET": ENV_SECRET},
+    ),
+    Bad(
+        "missing-secret-file",
+        app_with("secret_file: nope.secret"),
+        "apps[0].secret_file",
+        3,
+        "create it holding only the AppSecret",
+    ),
+    Bad(
+        "unreadable-secret-file",
+        app_with("secret_file: locked.secret"),
+        "apps[0].secret_file",
+        3,
+        "let the wxtokend user read it",
+        setup=chmod_000,
+        root_can_read=True,
+    ),
+    Bad(
+        "secret-file-is-a-directory",
+        app_with("secret_file: dir.secret"),
+        "apps[0].secret_file",
+        3,
+        "let the wxtokend user read it",
+        setup=make_dir,
+    ),
+    Bad(
+        "secret-file-not-utf8",
+        app_with("secret_file: bin.secret"),
+        "apps[0].secret_file",
+        3,
+        "let the wxtokend user read it",
+        setup=write("bin.secret", b"\xff\xfe\xfd\n"),
+    ),
+    Bad(
+        "empty-secret-file",
+        app_with("secret_file: empty.secret"),
+        "apps[0].secret_file",
+        3,
+        "put the AppSecret from the WeChat console there",
+        setup=write("empty.secret", b"\n"),
+    ),
+    Bad(
+        "secret-file-two-lines",
+        app_with("secret_file: two.secret"),
+        "apps[0].secret_file",
+        3,
+        "it must hold only the AppSecret",
+        setup=write("two.secret", b"first\nsecond\n"),
+    ),
+    Bad(
+        "secret-env-unset",
+        app_with("secret_env: WX_SECRET"),
+        "apps[0].secret_env",
+        3,
+        "export WX_SECRET=<AppSecret>",
+    ),
+    Bad(
+        "secret-env-empty",
+        app_with("secret_env: WX_SECRET"),
+        "apps[0].secret_env",
+        3,
+        "export WX_SECRET=<AppSecret>",
+        environ={"WX_SECRET": ""},
+    ),
+    Bad(
+        "inline-secret-with-space",
+        app_with('secret: "two words"'),
+        "apps[0].secret",
+        3,
+        "it must hold only the AppSecret",
+    ),
+    Bad(
+        "file-mode-world-writable",
+        top_with('file_mode: "0777"'),
+        "file_mode",
+        1,
+        "world-writable",
+    ),
+    Bad(
+        "file-mode-owner-cannot-read",
+        top_with('file_mode: "0200"'),
+        "file_mode",
+        1,
+        "owner read",
+    ),
+    Bad(
+        "file-mode-unquoted-decimal",
+        top_with("file_mode: 640"),
+        "file_mode",
+        1,
+        'write it quoted, e.g. file_mode: "0640"',
+    ),
+    Bad(
+        "file-mode-not-octal",
+        top_with('file_mode: "rw-r-----"'),
+        "file_mode",
+        1,
+        'quoted string, e.g. "0640"',
+    ),
+    Bad(
+        "max-concurrency-0",
+        top_with("max_concurrency: 0"),
+        "max_concurrency",
+        1,
+        "use a whole number from 1 to 1024",
+    ),
+    Bad(
+        "max-concurrency-5000",
+        top_with("max_concurrency: 5000"),
+        "max_concurrency",
+        1,
+        "use a whole number from 1 to 1024",
+    ),
+    Bad(
+        "api-base-ftp",
+        top_with("api_base: ftp://x"),
+        "api_base",
+        1,
+        "http:// or https:// URL",
+    ),
+    Bad(
+        "api-base-query",
+        top_with('api_base: "https://api.weixin.qq.com/?x=1"'),
+        "api_base",
+        1,
+        "http:// or https:// URL",
+    ),
+    Bad(
+        "proxy-socks",
+        top_with("proxy: socks5://proxy:1080"),
+        "proxy",
+        1,
+        "http:// or https:// URL",
+    ),
+    Bad("apps-empty", "apps: []\n", "apps", 1, "list at least one app under apps:"),
+    Bad("apps-missing", "output_dir: /srv/x\n", "apps", None, "list at least one app under apps:"),
+    Bad("apps-mapping", f"apps: {{appid: {APPID}}}\n", "apps", 1, "list at least one app"),
+    Bad(
+        "unknown-file-group",
+        top_with("file_group: no-such-group-wxtokend"),
+        "file_group",
+        1,
+        "groupadd --system no-such-group-wxtokend",
+    ),
+    Bad(
+        "renew-window-not-a-duration",
+        top_with("stable_renew_window: soon"),
+        "stable_renew_window",
+        1,
+        "a duration such as 300, '15s'",
+    ),
+    Bad(
+        "request-timeout-zero",
+        top_with("request_timeout: 0"),
+        "request_timeout",
+        1,
+        "longer than zero",
+    ),
+]
+
+
+def bad_params() -> list[Any]:
+    params = []
+    for bad in BAD_INPUTS:
+        marks: list[Any] = []
+        if bad.root_can_read:
+            marks.append(pytest.mark.skipif(AS_ROOT, reason="root can read any file"))
+        params.append(pytest.param(bad, id=bad.id, marks=marks))
+    return params
+
+
+def prepare(directory: Path, bad: Bad) -> Path:
+    path = write_config(directory, bad.text)
+    if bad.setup is not None:
+        bad.setup(directory)
+    return path
+
+
+class TestProblems:
+    @pytest.mark.parametrize("bad", bad_params())
+    def test_one_problem_naming_file_line_key_and_fix(self, tmp_path: Path, bad: Bad) -> None:
+        """Each invalid input gives exactly one line: FILE[:LINE]: KEY: problem, with the fix."""
+        path = prepare(tmp_path, bad)
+        (problem,) = problems_of(path, bad.environ)
+        where = f"{path}:{bad.line}" if bad.line else str(path)
+        assert problem.startswith(f"{where}: {bad.key}: "), problem
+        assert bad.fix in problem
+        assert "\n" not in problem
+
+    @pytest.mark.parametrize("bad", bad_params())
+    def test_problem_has_documented_shape(self, tmp_path: Path, bad: Bad) -> None:
+        """Each problem line has the documented shape FILE[:LINE]: KEY.PATH: problem — fix."""
+        path = prepare(tmp_path, bad)
+        (problem,) = problems_of(path, bad.environ)
+        pattern = rf"{re.escape(str(path))}(:\d+)?: {re.escape(bad.key)}: \S.* \u2014 \S.*"
+        assert re.fullmatch(pattern, problem), problem
+
+    def test_missing_secret_file_names_the_resolved_path(self, tmp_path: Path) -> None:
+        """A missing secret file is reported with the path that was actually tried."""
+        path = write_config(tmp_path, app_with("secret_file: sub/nope.secret"))
+        (problem,) = problems_of(path)
+        assert f"{tmp_path / 'sub' / 'nope.secret'}: no such file" in problem
+
+    def test_key_paths_carry_the_line_of_that_app(self, tmp_path: Path) -> None:
+        """Problems in the third app name apps[2].KEY and the line of that key."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - appid: {APPID}
+                    secret_file: app.secret
+                  - appid: {APPID2}
+                    secret_file: app.secret
+                  - appid: wx1111111111111111
+                    grant: classic
+                    secret_file: missing.secret
+            """),
+        )
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:8: apps[2].secret_file: ")
+
+    def test_schema_errors_carry_the_line_of_that_app(self, tmp_path: Path) -> None:
+        """A shape error in the third app names apps[2].grant at its own line."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - appid: {APPID}
+                    secret_file: app.secret
+                  - appid: {APPID2}
+                    secret_file: app.secret
+                  - appid: wx1111111111111111
+                    secret_file: app.secret
+                    grant: fastest
+            """),
+        )
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:8: apps[2].grant: ")
+
+    def test_all_problems_are_reported_at_once(self, tmp_path: Path) -> None:
+        """Independent problems in several apps all come back in one ConfigError."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                file_group: no-such-group-wxtokend
+                apps:
+                  - appid: {APPID}
+                    secret_file: missing.secret
+                  - appid: {APPID2}
+                    secret_env: WX_SECRET
+            """),
+        )
+        problems = problems_of(path)
+        assert [p.split(": ")[1] for p in problems] == [
+            "apps[0].secret_file",
+            "apps[1].secret_env",
+            "file_group",
+        ]
+
+
+FILE_LEVEL = [
+    pytest.param(
+        "- appid: x\n- appid: y\n",
+        r"",
+        "not a YAML mapping — start it with output_dir: and apps: keys",
+        True,
+        id="top-level-list",
+    ),
+    pytest.param("just a string\n", r"", "YAML mapping", True, id="top-level-scalar"),
+    pytest.param("", r"", "YAML mapping", True, id="empty-file"),
+    pytest.param(
+        f"apps:\n  - appid: {APPID}\n   secret_file: app.secret\n",
+        r":3:4",
+        "invalid YAML",
+        False,
+        id="bad-indentation",
+    ),
+    pytest.param(
+        f'apps:\n  - appid: "{APPID}\n', r":3:1", "invalid YAML", False, id="unterminated-quote"
+    ),
+    pytest.param(
+        f"apps:\n  - appid: {APPID}\n    appid: {APPID2}\n    secret_file: app.secret\n",
+        r":3:5",
+        "duplicate key 'appid'",
+        False,
+        id="duplicate-key",
+    ),
+    pytest.param(
+        f"output_dir: /a\noutput_dir: /b\n{MINIMAL}",
+        r":2:1",
+        "duplicate key 'output_dir'",
+        False,
+        id="duplicate-top-key",
+    ),
+]
+
+
+class TestFileLevelProblems:
+    @pytest.mark.parametrize(("text", "where", "problem", "no_fix"), FILE_LEVEL)
+    def test_file_problem(
+        self, tmp_path: Path, text: str, where: str, problem: str, no_fix: bool
+    ) -> None:
+        """A file that is not a usable YAML mapping gives one line with file (and line:column)."""
+        path = write_config(tmp_path, text)
+        (line,) = problems_of(path)
+        assert re.match(rf"{re.escape(str(path))}{where}: ", line), line
+        assert problem in line
+
+    @pytest.mark.parametrize(
+        ("text", "where"),
+        [
+            pytest.param(
+                "- a\n",
+                r"",
+                id="top-level-list",
+            ),
+            pytest.param("a: [\n", r":2:1", id="invalid-yaml"),
+            pytest.param("a: 1\na: 2\n", r":2:1", id="duplicate-key"),
+        ],
+    )
+    def test_file_problem_shape(self, tmp_path: Path, text: str, where: str) -> None:
+        """File-level problems also read FILE[:LINE:COL]: problem — fix."""
+        path = write_config(tmp_path, text)
+        (line,) = problems_of(path)
+        assert re.fullmatch(rf"{re.escape(str(path))}{where}: \S.* \u2014 \S.*", line), line
+
+    def test_missing_config_file(self, tmp_path: Path) -> None:
+        """A config path that does not exist is one problem telling to pass -c."""
+        path = tmp_path / "nope.yaml"
+        (line,) = problems_of(path)
+        assert line == f"{path}: no such config file \u2014 pass the right path with -c"
+
+    def test_yaml_merge_keys_work(self, tmp_path: Path) -> None:
+        """Anchors with merge keys, valid YAML that SafeLoader accepts, load."""
+        config = load(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - &base
+                    appid: {APPID}
+                    grant: classic
+                    secret_file: app.secret
+                  - <<: *base
+                    appid: {APPID2}
+            """),
+        )
+        assert [a.grant for a in config.apps] == ["classic", "classic"]
+
+
+class TestInlineSecretStaysSecret:
+    @pytest.mark.parametrize(
+        "text",
+        [
+            app_with(f"secret: {INLINE_SECRET}", "grant: bogus", "name: a/b"),
+            app_with(f"secret: {INLINE_SECRET}", "secret_file: app.secret"),
+            app_with(f"secret: {INLINE_SECRET}", "secrt: typo"),
+            app_with(f"secret: {INLINE_SECRET}", f"secret: {INLINE_SECRET}"),
+            app_with(f'secret: "{INLINE_SECRET} tail"'),
+            app_with(f"secret: [{INLINE_SECRET}]"),
+            app_with(f"secret: {INLINE_SECRET}", appid="bad appid"),
+            f"apps:\n  - appid: {APPID}\n    secret: {INLINE_SECRET}\n  - appid: {APPID}\n"
+            f"    secret: {INLINE_SECRET}\n",
+        ],
+        ids=[
+            "other-keys-wrong",
+            "two-sources",
+            "unknown-key",
+            "duplicate-yaml-key",
+            "secret-with-space",
+            "secret-of-wrong-type",
+            "bad-appid",
+            "duplicate-appid",
+        ],
+    )
+    def test_problems_never_quote_the_inline_secret(self, tmp_path: Path, text: str) -> None:
+        """No problem line quotes an inline secret, whatever else is wrong."""
+        path = write_config(tmp_path, text)
+        problems = problems_of(path)
+        assert problems
+        for problem in problems:
+            assert INLINE_SECRET not in problem
+            assert "DO-NOT-PRINT" not in problem
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666])
+    def test_readable_config_with_inline_secret_warns(self, tmp_path: Path, mode: int) -> None:
+        """An inline secret in a config others can read yields a warning naming chmod 600."""
+        path = write_config(tmp_path, app_with(f"secret: {INLINE_SECRET}"), mode=mode)
+        (warning,) = load_config(path, environ={}).warnings
+        assert warning.startswith(f"{path}:3: apps[0].secret: ")
+        assert f"chmod 600 {path}" in warning
+        assert f"{mode:04o}" in warning
+        assert INLINE_SECRET not in warning
+
+    @pytest.mark.parametrize("mode", [0o600, 0o400])
+    def test_private_config_with_inline_secret_does_not_warn(
+        self, tmp_path: Path, mode: int
+    ) -> None:
+        """An inline secret in a config only its owner can read gives no warning."""
+        path = write_config(tmp_path, app_with(f"secret: {INLINE_SECRET}"), mode=mode)
+        assert load_config(path, environ={}).warnings == ()
+
+    def test_readable_config_without_inline_secret_does_not_warn(self, tmp_path: Path) -> None:
+        """A world-readable config whose secrets live elsewhere gives no warning."""
+        path = write_config(tmp_path, MINIMAL, mode=0o644)
+        assert load_config(path, environ={}).warnings == ()
+
+
+class TestCli:
+    def test_check_invalid_config(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """check on an invalid config exits 2 and prints the problem, not a traceback."""
+        path = write_config(tmp_path, app_with("grant: fast", "secret_file: app.secret"))
+        assert main(["check", "-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}:3: apps[0].grant: " in err
+        assert "Traceback" not in err
+
+    def test_check_missing_config(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """check on a config path that does not exist exits 2 with a message."""
+        path = tmp_path / "nope.yaml"
+        assert main(["check", "-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: no such config file" in err
+        assert "Traceback" not in err
+
+    def test_check_valid_config(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """check on a valid config exits 0 and summarises each app without its secret."""
+        path = write_config(tmp_path, f"output_dir: out\n{MINIMAL}")
+        assert main(["check", "-c", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"{path}: OK" in out
+        assert APPID in out
+        assert FILE_SECRET not in out
+
+    def test_check_warns_about_readable_inline_secret(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """check logs the inline-secret warning, still exits 0, and never prints the secret."""
+        path = write_config(
+            tmp_path, f"output_dir: out\n{app_with(f'secret: {INLINE_SECRET}')}", mode=0o644
+        )
+        assert main(["check", "-c", str(path)]) == 0
+        captured = capsys.readouterr()
+        assert "chmod 600" in captured.err
+        assert INLINE_SECRET not in captured.out + captured.err
+
+    def test_schema(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """schema prints a JSON Schema with apps among its properties."""
+        assert main(["schema"]) == 0
+        schema = json.loads(capsys.readouterr().out)
+        assert "apps" in schema["properties"]
+        assert "apps" in schema.get("required", [])

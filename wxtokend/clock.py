@@ -1,0 +1,31 @@
+"""The seam between wxtokend and time.
+
+Everything that schedules asks a :class:`Clock` for the time and to sleep, so
+tests can swap in a virtual clock and never sleep for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Wall-clock time (unix seconds) and a way to wait for it."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock: ``time.time`` and ``asyncio.sleep``."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))

@@ -1,0 +1,524 @@
+"""Loading and validating the YAML config.
+
+Pydantic checks the shape (and gives the JSON Schema for editors); the steps
+pydantic cannot do — reading secret files and variables, resolving the group,
+finding duplicates — run afterwards. Every problem becomes one line naming the
+file, the line, the key path and the fix, collected into a single
+:class:`~wxtokend.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import grp
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from wxtokend.errors import ConfigError
+from wxtokend.redact import Secret
+
+__all__ = [
+    "AppConfig",
+    "Config",
+    "Grant",
+    "json_schema",
+    "load_config",
+    "parse_duration",
+]
+
+Grant = Literal["stable", "classic"]
+
+DEFAULT_API_BASE = "https://api.weixin.qq.com"
+OUTPUT_DIR_MODE = 0o750
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_APPID = re.compile(r"[\x21-\x7e]{1,128}")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``300``, ``"300"``, ``"15s"``, ``"5m"``, ``"1h"`` or ``"500ms"``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 300, '15s', '5m' or '1h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError("must be a duration such as 300, '15s', '5m' or '1h'")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a finite duration longer than zero")
+    return seconds
+
+
+def _parse_file_mode(value: object) -> int:
+    # Only strings: YAML reads an unquoted 0640 as octal 416 but 440 as decimal
+    # 440 (= 0o670), so an unquoted mode cannot be trusted to mean what it says.
+    if not isinstance(value, str) or not re.fullmatch(r"(0o|0)?[0-7]{3}", value.strip()):
+        raise ValueError('must be an octal mode written as a quoted string, e.g. "0640"')
+    mode = int(value.strip().removeprefix("0o"), 8)
+    if not mode & stat.S_IRUSR:
+        raise ValueError("must let the owner read the file (e.g. 0640)")
+    if mode & stat.S_IWOTH:
+        raise ValueError("must not make token files world-writable (use e.g. 0640)")
+    return mode
+
+
+def _parse_group(value: object) -> str | None:
+    # bool is an int to Python: `file_group: no` must not become gid 0 (root).
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    raise ValueError("must be a group name or a numeric gid")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(json_schema_extra={"anyOf": [{"type": "number"}, {"type": "string"}]}),
+]
+FileMode = Annotated[int, BeforeValidator(_parse_file_mode)]
+Group = Annotated[str | None, BeforeValidator(_parse_group)]
+
+
+class _AppModel(BaseModel):
+    """One WeChat app (Official Account, Mini Program, ...) whose token wxtokend keeps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    appid: str = Field(description="The AppID, e.g. wx0123456789abcdef.")
+    name: str | None = Field(None, description="File name in output_dir; defaults to the appid.")
+    grant: Grant = Field(
+        "stable",
+        description="stable (/cgi-bin/stable_token, recommended) or classic (/cgi-bin/token).",
+    )
+    secret_file: str | None = Field(None, description="File holding the AppSecret.")
+    secret_env: str | None = Field(
+        None, description="Environment variable holding it.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
+    secret: str | None = Field(
+        None, description="The AppSecret inline (keep the config file private)."
+    )
+
+    @field_validator("appid")
+    @classmethod
+    def _appid_shape(cls, value: str) -> str:
+        if not _APPID.fullmatch(value):
+            raise ValueError("must be 1-128 visible ASCII characters, e.g. wx0123456789abcdef")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_safe_file_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_name(value)
+        return value
+
+
+class _ConfigModel(BaseModel):
+    """wxtokend configuration."""
+
+    model_config = ConfigDict(extra="forbid", title="wxtokend configuration")
+
+    output_dir: str = Field("/run/wxtoken", description="Where token files are written.")
+    file_mode: FileMode = Field(
+        "0640",  # parsed by _parse_file_mode like user input
+        validate_default=True,
+        description='Mode of token files, applied exactly whatever the umask, e.g. "0640".',
+        json_schema_extra={"type": "string", "pattern": "^(0o)?[0-7]{3,4}$"},
+    )
+    file_group: Group = Field(
+        None, description="Group (name or gid) given to token files: the consumers' group."
+    )
+    api_base: str = Field(DEFAULT_API_BASE, description="WeChat API base URL.")
+    proxy: str | None = Field(None, description="HTTP(S) proxy for every WeChat call.")
+    max_concurrency: int = Field(
+        16, ge=1, le=1024, strict=True, description="Upstream calls in flight."
+    )
+    stable_renew_window: Duration = Field(
+        300.0, description="Stable grant: WeChat renews only inside this last part of a lifetime."
+    )
+    request_timeout: Duration = Field(10.0, description="Timeout of one WeChat call.")
+    apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
+
+    @field_validator("api_base", "proxy")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL without query, e.g. https://host")
+        return value.rstrip("/")
+
+
+_FIXES = {
+    "grant": "use grant: stable (recommended) or grant: classic",
+    "name": "pick a name like shop or mini-prod (it becomes the token's file name)",
+    "file_mode": 'write it quoted, e.g. file_mode: "0640"',
+    "file_group": "name a group consumers share (e.g. wxtoken), or a numeric gid",
+    "api_base": "use e.g. https://api.weixin.qq.com",
+    "proxy": "use e.g. http://egress.internal:3128",
+    "stable_renew_window": "use e.g. 300 or '5m'",
+    "request_timeout": "use e.g. 10 or '10s'",
+    "secret_env": "name the variable (e.g. WX_SHOP_SECRET), not its value",
+    "max_concurrency": "use a whole number from 1 to 1024",
+    "apps": "list at least one app under apps:",
+    "appid": "copy the AppID from the WeChat console",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppConfig:
+    """One app, validated and with its secret already read."""
+
+    appid: str
+    name: str
+    grant: Grant
+    secret: Secret
+    secret_source: str
+
+    def same_credentials(self, other: AppConfig) -> bool:
+        return (self.appid, self.grant, self.secret) == (other.appid, other.grant, other.secret)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The validated config, ready for the daemon."""
+
+    path: Path
+    output_dir: Path
+    file_mode: int
+    file_gid: int | None
+    api_base: str
+    proxy: str | None
+    max_concurrency: int
+    stable_renew_window: float
+    request_timeout: float
+    apps: tuple[AppConfig, ...]
+    warnings: tuple[str, ...] = ()
+
+    def app(self, key: str) -> AppConfig | None:
+        """The app whose name or appid is ``key``."""
+        for app in self.apps:
+            if key in (app.name, app.appid):
+                return app
+        return None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file, for editors and CI linters."""
+    return _ConfigModel.model_json_schema()
+
+
+def load_config(path: Path | str, *, environ: dict[str, str] | None = None) -> Config:
+    """Read, validate and resolve ``path``; raise ConfigError listing every problem."""
+    path = Path(path)
+    env = os.environ if environ is None else environ
+    loader = _Loader(path)
+    data = loader.read()
+    try:
+        model = _ConfigModel.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [loader.problem(_loc(e["loc"]), *_explain(e)) for e in exc.errors()]
+        ) from None
+    return _Resolver(loader, model, env).resolve()
+
+
+def _check_name(value: str) -> None:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} can't be a file name: use 1-128 letters, digits, '_' or '-',"
+            " starting with a letter or digit (no '/', '..', dots or spaces)"
+        )
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _explain(error: Any) -> tuple[str, str]:
+    """(problem, fix) for one pydantic error, never echoing the input (it may be a secret)."""
+    kind, loc = error["type"], error["loc"]
+    key = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    if kind == "extra_forbidden":
+        fields = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(key), fields, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(fields)
+        return "unknown key", fix
+    if kind == "missing":
+        return "is required but missing", _FIXES.get(key, f"add {key}:")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if key == "secret_env" and kind == "string_pattern_mismatch":
+        message = "is not an environment variable name"  # never echo: it may be the secret
+    if key in ("apps", "") and kind in ("list_type", "too_short", "model_type", "dict_type"):
+        return message, _FIXES["apps"] if key == "apps" else "the file must be a YAML mapping"
+    return message, _FIXES.get(key, "")
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] = _AppModel if "apps" in loc else _ConfigModel
+    return sorted(model.model_fields)
+
+
+class _Loader:
+    """Reads the YAML and remembers the line of every key, for messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: dict[str, int] = {}
+
+    def problem(self, keypath: str, problem: str, fix: str = "") -> str:
+        line = self.lines.get(keypath)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        text = f"{where}: {keypath}: {problem}" if keypath else f"{where}: {problem}"
+        return f"{text} — {fix}" if fix else text
+
+    def read(self) -> Any:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                [f"{self.path}: no such config file — pass the right path with -c"]
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError([f"{self.path}: cannot read the config file: {reason}"]) from None
+        try:
+            node = yaml.compose(text, Loader=_StrictLoader)
+            data = _StrictLoader(text).construct_document(node) if node is not None else None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f"{self.path}:{mark.line + 1}:{mark.column + 1}" if mark else str(self.path)
+            raise ConfigError(
+                [f"{where}: invalid YAML: {exc.problem} — check indentation and quoting there"]
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{self.path}: invalid YAML: {exc}"]) from None
+        if node is not None:
+            self._index(node, "")
+        if not isinstance(data, dict):
+            raise ConfigError(
+                [f"{self.path}: not a YAML mapping — start it with output_dir: and apps: keys"]
+            )
+        return data
+
+    def _index(self, node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = f"{prefix}.{key.value}" if prefix else str(key.value)
+                self.lines[path] = key.start_mark.line + 1
+                self._index(value, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                path = f"{prefix}[{i}]"
+                self.lines[path] = item.start_mark.line + 1
+                self._index(item, path)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the mapping's own keys
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Resolver:
+    """The checks pydantic can't do: secrets, groups, duplicates, paths."""
+
+    def __init__(
+        self, loader: _Loader, model: _ConfigModel, env: os._Environ[str] | dict[str, str]
+    ):
+        self.loader = loader
+        self.model = model
+        self.env = env
+        self.base = loader.path.absolute().parent
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def resolve(self) -> Config:
+        apps = tuple(self._app(i, a) for i, a in enumerate(self.model.apps))
+        self._duplicates(apps)
+        gid = self._group()
+        self._inline_secret_warning()
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(
+            path=self.loader.path.absolute(),
+            output_dir=self.base / self.model.output_dir,
+            file_mode=self.model.file_mode,
+            file_gid=gid,
+            api_base=self.model.api_base,
+            proxy=self.model.proxy,
+            max_concurrency=self.model.max_concurrency,
+            stable_renew_window=self.model.stable_renew_window,
+            request_timeout=self.model.request_timeout,
+            apps=tuple(a for a in apps if a is not None),
+            warnings=tuple(self.warnings),
+        )
+
+    def _fail(self, keypath: str, problem: str, fix: str) -> None:
+        self.problems.append(self.loader.problem(keypath, problem, fix))
+
+    def _app(self, index: int, app: _AppModel) -> AppConfig | None:
+        where = f"apps[{index}]"
+        name = app.name if app.name is not None else app.appid
+        if app.name is None and not _NAME.fullmatch(name):
+            self._fail(f"{where}.appid", "can't be used as a file name", "set name: for this app")
+            return None
+        sources = [
+            k for k in ("secret_file", "secret_env", "secret") if getattr(app, k) is not None
+        ]
+        if len(sources) != 1:
+            problem = (
+                "has no secret"
+                if not sources
+                else "has more than one secret: " + ", ".join(sources)
+            )
+            self._fail(where, problem, "set exactly one of secret_file, secret_env or secret")
+            return None
+        secret = self._secret(where, app)
+        if secret is None:
+            return None
+        source = sources[0]
+        detail = getattr(app, source) if source != "secret" else "in the config file"
+        return AppConfig(
+            appid=app.appid,
+            name=name,
+            grant=app.grant,
+            secret=Secret(secret),
+            secret_source=f"{source} {detail}"
+            if source != "secret"
+            else "secret: in the config file",
+        )
+
+    def _secret(self, where: str, app: _AppModel) -> str | None:
+        if app.secret is not None:
+            return self._clean_secret(f"{where}.secret", app.secret, "the inline secret")
+        if app.secret_env is not None:
+            value = self.env.get(app.secret_env)
+            if not value:
+                state = "is not set" if value is None else "is empty"
+                self._fail(
+                    f"{where}.secret_env",
+                    f"environment variable {app.secret_env} {state}",
+                    f"export {app.secret_env}=<AppSecret> for the daemon (systemd: Environment= or"
+                    " EnvironmentFile=; Kubernetes: env from a Secret)",
+                )
+                return None
+            return self._clean_secret(f"{where}.secret_env", value, f"${app.secret_env}")
+        assert app.secret_file is not None
+        path = self.base / app.secret_file
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self._fail(
+                f"{where}.secret_file",
+                f"{path}: no such file",
+                "create it holding only the AppSecret, or fix the path",
+            )
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            self._fail(
+                f"{where}.secret_file",
+                f"{path}: cannot read: {reason}",
+                "let the wxtokend user read it (e.g. chown root:wxtoken, chmod 0640)",
+            )
+            return None
+        return self._clean_secret(f"{where}.secret_file", text, str(path))
+
+    def _clean_secret(self, keypath: str, raw: str, what: str) -> str | None:
+        value = raw.strip()
+        if not value:
+            self._fail(
+                keypath, f"{what} is empty", "put the AppSecret from the WeChat console there"
+            )
+            return None
+        if not re.fullmatch(r"[\x21-\x7e]+", value):
+            self._fail(
+                keypath,
+                f"{what} holds spaces, several lines or non-ASCII characters",
+                "it must hold only the AppSecret",
+            )
+            return None
+        return value
+
+    def _duplicates(self, apps: tuple[AppConfig | None, ...]) -> None:
+        flagged: set[int] = set()
+        for attr in ("appid", "name"):
+            first: dict[str, int] = {}
+            for i, app in enumerate(apps):
+                if app is None or i in flagged:
+                    continue
+                value = getattr(app, attr)
+                if value not in first:
+                    first[value] = i
+                    continue
+                flagged.add(i)
+                explicit = attr == "name" and self.model.apps[i].name is not None
+                self._fail(
+                    f"apps[{i}].{'name' if explicit else 'appid'}",
+                    f"{attr} {value!r} is already used by apps[{first[value]}]",
+                    f"give every app its own {attr}",
+                )
+
+    def _group(self) -> int | None:
+        group = self.model.file_group
+        if group is None:
+            return None
+        if group.isdigit():
+            return int(group)
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            self._fail(
+                "file_group",
+                f"no group named {group!r} on this host",
+                f"create it (groupadd --system {group}, or systemd-sysusers) or remove file_group",
+            )
+            return None
+
+    def _inline_secret_warning(self) -> None:
+        inline = [
+            f"apps[{i}].secret" for i, a in enumerate(self.model.apps) if a.secret is not None
+        ]
+        if not inline:
+            return
+        try:
+            mode = self.loader.path.stat().st_mode
+        except OSError:
+            return
+        if mode & 0o077:
+            self.warnings.append(
+                self.loader.problem(
+                    inline[0],
+                    f"inline secret in a file others can read (mode {mode & 0o777:04o})",
+                    f"chmod 600 {self.loader.path}, or move it to secret_file / secret_env",
+                )
+            )

@@ -1,0 +1,119 @@
+"""Every way wxtokend can fail, and what each failure means for the operator.
+
+The tree::
+
+    WxTokendError
+    ├── ConfigError               a config file can't be used: names file, key path, fix
+    ├── StateFileError            a <name>.json left by an earlier run can't be reused
+    └── FetchError                WeChat gave no usable token (carries errcode + hint)
+        ├── TransientError        -1, HTTP 5xx, timeouts, connection errors: back off, retry
+        │   └── MalformedResponse 200 but not a usable token (garbage, truncated, bad fields)
+        ├── MinuteQuotaError      45011: wait for the next minute
+        ├── DailyQuotaError       45009: stop until the quota resets at 00:00 UTC+8
+        ├── AdminWaitError        89501/89503/89506/89507: an admin must act; wait as told
+        ├── FatalConfigError      bad secret, appid, IP whitelist, frozen...: a human must fix
+        │                         it, retry at most every 10 minutes
+        └── UnknownErrcodeError   an errcode this version does not know: retry slowly
+
+No message in this tree ever contains a secret or a token: :mod:`wxtokend.wechat`
+builds them from the errcode table, and anything taken from the wire passes the
+redactor first.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdminWaitError",
+    "ConfigError",
+    "DailyQuotaError",
+    "FatalConfigError",
+    "FetchError",
+    "MalformedResponse",
+    "MinuteQuotaError",
+    "StateFileError",
+    "TransientError",
+    "UnknownErrcodeError",
+    "WxTokendError",
+]
+
+
+class WxTokendError(Exception):
+    """Base of every error wxtokend raises on purpose."""
+
+
+class ConfigError(WxTokendError):
+    """A config is unusable; the message says where and how to fix it.
+
+    ``problems`` holds one line per invalid input, each of the shape
+    ``FILE: KEY.PATH: what is wrong — fix``.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class StateFileError(WxTokendError):
+    """A state file is corrupt or belongs to another app; it is ignored, never trusted."""
+
+
+class FetchError(WxTokendError):
+    """A token fetch failed.
+
+    ``errcode`` is WeChat's (``None`` for HTTP or transport failures), ``hint``
+    tells the operator what to do, ``outcome`` is the short label used in logs
+    and metrics.
+    """
+
+    outcome = "error"
+
+    def __init__(self, message: str, *, errcode: int | None = None, hint: str = "") -> None:
+        self.errcode = errcode
+        self.hint = hint
+        super().__init__(message)
+
+
+class TransientError(FetchError):
+    """WeChat or the network hiccuped; the same call will likely work soon."""
+
+    outcome = "transient"
+
+
+class MalformedResponse(TransientError):
+    """A reply that is not a usable token; treated as transient, never written."""
+
+    outcome = "malformed"
+
+
+class MinuteQuotaError(FetchError):
+    """45011: too many calls this minute; the next minute is fine."""
+
+    outcome = "minute_quota"
+
+
+class DailyQuotaError(FetchError):
+    """45009: the daily quota is spent; calling again before the reset only fails."""
+
+    outcome = "daily_quota"
+
+
+class AdminWaitError(FetchError):
+    """An administrator must confirm (or refused) this IP; ``wait`` is how long to hold off."""
+
+    outcome = "admin_wait"
+
+    def __init__(self, message: str, *, errcode: int, hint: str, wait: float) -> None:
+        self.wait = wait
+        super().__init__(message, errcode=errcode, hint=hint)
+
+
+class FatalConfigError(FetchError):
+    """Retrying cannot help until a human changes something (secret, whitelist, account)."""
+
+    outcome = "fatal"
+
+
+class UnknownErrcodeError(FetchError):
+    """An errcode missing from our table: retried slowly so it cannot burn the quota."""
+
+    outcome = "unknown"
