@@ -1,0 +1,447 @@
+"""One app's refresh loop, driven on a virtual clock against scripted WeChat answers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from wxtokend import logs
+from wxtokend.config import AppConfig, Grant
+from wxtokend.errors import FatalConfigError, FetchError, TransientError
+from wxtokend.redact import Secret, fingerprint
+from wxtokend.refresher import Refresher
+from wxtokend.schedule import Policy
+from wxtokend.store import Record, TokenStore
+from wxtokend.wechat import Token
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def log_stream() -> io.StringIO:
+    stream = io.StringIO()
+    logs.configure(level="debug", stream=stream, json=True)
+    return stream
+
+
+class VirtualClock:
+    """Time that jumps instead of passing: sleeping costs nothing."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+class ScriptedWeChat:
+    """Answers like WeChat: classic issues anew, stable renews only inside the window.
+
+    ``failures`` maps a call number (1-based) to the error that call raises.
+    Every issued token is remembered with its expiry so tests can check validity.
+    """
+
+    def __init__(
+        self,
+        clock: VirtualClock,
+        *,
+        lifetime: int = 7200,
+        window: float = 300,
+        failures: dict[int, FetchError] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self.window = window
+        self.failures = failures or {}
+        self.calls: list[float] = []
+        self.expiry: dict[str, float] = {}
+        self.current: str | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gate: asyncio.Event | None = None
+
+    async def fetch_token(self, app: AppConfig, *, force: bool = False) -> Token:
+        now = self.clock.now()
+        self.calls.append(now)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if len(self.calls) in self.failures:
+                raise self.failures[len(self.calls)]
+            return self._answer(app.grant, now)
+        finally:
+            self.in_flight -= 1
+
+    def _answer(self, grant: Grant, now: float) -> Token:
+        cur = self.current
+        if grant == "stable" and cur and self.expiry[cur] - now > self.window:
+            return Token(access_token=cur, expires_in=int(self.expiry[cur] - now), fetched_at=now)
+        token = f"TOKEN_{len(self.calls):06d}_" + "x" * 40
+        self.expiry[token] = now + self.lifetime
+        self.current = token
+        return Token(access_token=token, expires_in=self.lifetime, fetched_at=now)
+
+
+def make_app(grant: Grant = "classic", name: str = "shop") -> AppConfig:
+    return AppConfig(
+        appid="wx0123456789abcdef",
+        name=name,
+        grant=grant,
+        secret=Secret("SECRET_0123456789abcdef0123456789"),
+        secret_source="secret_file /etc/wxtokend/secrets/shop",
+    )
+
+
+def make_refresher(
+    tmp_path: Path,
+    clock: VirtualClock,
+    source: ScriptedWeChat,
+    *,
+    grant: Grant = "classic",
+    window: float = 300,
+    semaphore: asyncio.Semaphore | None = None,
+) -> tuple[Refresher, TokenStore]:
+    store = TokenStore(directory=tmp_path, file_mode=0o640)
+    refresher = Refresher(
+        make_app(grant),
+        source=source,
+        store=store,
+        clock=clock,
+        rng=random.Random(1),
+        policy=Policy(stable_window=window),
+        semaphore=semaphore or asyncio.Semaphore(4),
+    )
+    return refresher, store
+
+
+async def run_until(
+    refresher: Refresher, done: Callable[[], bool], *, limit: int = 100_000
+) -> None:
+    """Run the loop until ``done()``; the virtual clock makes each turn instant."""
+    task = asyncio.create_task(refresher.run())
+    for _ in range(limit):
+        if done():
+            break
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert done(), "the loop never reached the expected state"
+
+
+@pytest.mark.anyio
+class TestSteadyState:
+    """Healthy apps are refreshed ahead of expiry, about once per lifetime."""
+
+    async def test_classic_calls_per_lifetime(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """Over 200 lifetimes a classic app makes 1.15-1.3 calls per lifetime."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        await run_until(refresher, lambda: clock.now() >= T0 + 200 * 7200)
+        ratio = len(wechat.calls) / 200
+        assert 1.15 <= ratio <= 1.3
+
+    async def test_stable_calls_per_lifetime(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """A stable app calls about once per lifetime (minimum is 1)."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, _ = make_refresher(tmp_path, clock, wechat, grant="stable")
+        await run_until(refresher, lambda: clock.now() >= T0 + 200 * 7200)
+        ratio = len(wechat.calls) / 200
+        assert 1.0 <= ratio <= 1.1
+
+    @pytest.mark.parametrize("grant", ["classic", "stable"])
+    async def test_file_always_holds_unexpired_token(
+        self, tmp_path: Path, log_stream: io.StringIO, grant: Grant
+    ) -> None:
+        """At every instant the loop wakes, the file's token has life left."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock, lifetime=20, window=3)
+        refresher, _ = make_refresher(tmp_path, clock, wechat, grant=grant, window=3)
+        seen = set()
+
+        def check_file() -> bool:
+            path = tmp_path / "shop"
+            if path.exists():
+                token = path.read_text()
+                assert clock.now() < wechat.expiry[token], "the file's token expired"
+                seen.add(token)
+            return clock.now() >= T0 + 100 * 20
+
+        await run_until(refresher, check_file)
+        assert len(seen) >= 90
+
+    async def test_stable_unchanged_retries_fast(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """If WeChat has not renewed yet inside the window, the next call comes within seconds."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock, window=200)  # WeChat's real window smaller than ours
+        refresher, _ = make_refresher(tmp_path, clock, wechat, grant="stable", window=300)
+        await run_until(refresher, lambda: len(wechat.calls) >= 3)
+        gaps = [b - a for a, b in zip(wechat.calls[1:], wechat.calls[2:], strict=False)]
+        assert all(1.0 <= gap <= 10.0 for gap in gaps)
+        assert refresher.record is not None
+        assert refresher.record.access_token == wechat.current
+
+
+@pytest.mark.anyio
+class TestFailures:
+    """Failures back off by class and never touch a valid token file."""
+
+    async def test_transient_backs_off_and_keeps_file(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """Transient errors after the first token leave the file as it was, then recover."""
+        clock = VirtualClock()
+        failures = {n: TransientError("HTTP 502 from WeChat") for n in range(2, 6)}
+        wechat = ScriptedWeChat(clock, failures=failures)
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        await run_until(refresher, lambda: len(wechat.calls) >= 2)
+        first = (tmp_path / "shop").read_bytes()
+        await run_until(refresher, lambda: len(wechat.calls) >= 5)
+        assert (tmp_path / "shop").read_bytes() == first
+        assert refresher.failures == 4
+        gaps = [b - a for a, b in zip(wechat.calls[1:], wechat.calls[2:], strict=False)]
+        assert all(gap >= 1.0 for gap in gaps)
+        await run_until(refresher, lambda: refresher.failures == 0)
+        assert (tmp_path / "shop").read_bytes() != first
+
+    async def test_fatal_waits_ten_minutes(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """A wrong secret is retried at most every 10 minutes, with the hint in the log."""
+        clock = VirtualClock()
+        bad = FatalConfigError("errcode 40125", errcode=40125, hint="copy the AppSecret")
+        wechat = ScriptedWeChat(clock, failures={n: bad for n in range(1, 10)})
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        await run_until(refresher, lambda: len(wechat.calls) >= 4)
+        gaps = [b - a for a, b in zip(wechat.calls, wechat.calls[1:], strict=False)]
+        assert all(gap >= 600 for gap in gaps)
+        events = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+        fatal = [e for e in events if e.get("outcome") == "fatal"]
+        assert fatal
+        assert fatal[0]["hint"] == "copy the AppSecret"
+        assert fatal[0]["errcode"] == 40125
+        assert not (tmp_path / "shop").exists()
+
+    async def test_expired_token_stays_and_is_marked(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """A token that expires without replacement stays on disk; its JSON says expired."""
+        clock = VirtualClock()
+        bad = FatalConfigError("errcode 40164", errcode=40164, hint="whitelist 1.2.3.4")
+        wechat = ScriptedWeChat(clock, lifetime=60, failures={n: bad for n in range(2, 100)})
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        await run_until(refresher, lambda: clock.now() > T0 + 120)
+        token = (tmp_path / "shop").read_text()
+        assert token.startswith("TOKEN_000001")
+        saved = store.load("shop")
+        assert saved is not None
+        assert saved.expired is True
+        assert refresher.status().state == "expired"
+        assert "token expired without a replacement" in log_stream.getvalue()
+
+
+@pytest.mark.anyio
+class TestRestart:
+    """A token left by an earlier run is reused without calling WeChat."""
+
+    async def test_reuses_valid_token_with_zero_calls(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """Before its refresh point, a stored token is adopted and nothing is fetched."""
+        clock = VirtualClock()
+        store = TokenStore(directory=tmp_path, file_mode=0o640)
+        store.save(
+            Record(
+                appid="wx0123456789abcdef",
+                name="shop",
+                grant="classic",
+                access_token="TOKEN_OLD",
+                expires_at=int(T0) + 6000,
+                fetched_at=int(T0) - 1200,
+            )
+        )
+        wechat = ScriptedWeChat(clock)
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        assert refresher.adopt_stored() is True
+        await run_until(refresher, lambda: bool(wechat.calls))
+        # Nothing until the refresh point: 75-85 % of the lifetime after the old fetch.
+        assert wechat.calls[0] >= T0 - 1200 + 0.75 * 7200
+        assert '"outcome": "reused"' in log_stream.getvalue()
+
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [({"appid": "wx_other"}, "belongs to appid"), ({"grant": "stable"}, "belongs to appid")],
+    )
+    async def test_foreign_state_ignored(
+        self, tmp_path: Path, log_stream: io.StringIO, change: dict[str, str], reason: str
+    ) -> None:
+        """A state file of another appid or grant is ignored with a warning."""
+        base = {
+            "appid": "wx0123456789abcdef",
+            "name": "shop",
+            "grant": "classic",
+            "access_token": "TOKEN_OLD",
+            "expires_at": int(T0) + 6000,
+            "fetched_at": int(T0) - 1200,
+        }
+        (tmp_path / "shop.json").write_text(json.dumps({**base, **change}))
+        refresher, _ = make_refresher(tmp_path, VirtualClock(), ScriptedWeChat(VirtualClock()))
+        assert refresher.adopt_stored() is False
+        assert reason in log_stream.getvalue()
+
+    async def test_corrupt_state_ignored(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """A corrupt state file is ignored with a warning, and then replaced."""
+        (tmp_path / "shop.json").write_text("{garbage")
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        assert refresher.adopt_stored() is False
+        assert "state file ignored" in log_stream.getvalue()
+        await run_until(refresher, lambda: bool(wechat.calls))
+        assert store.load("shop") is not None
+
+    async def test_expired_state_not_adopted(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """An expired stored token is not adopted: the first step fetches."""
+        store = TokenStore(directory=tmp_path, file_mode=0o640)
+        store.save(
+            Record(
+                appid="wx0123456789abcdef",
+                name="shop",
+                grant="classic",
+                access_token="TOKEN_OLD",
+                expires_at=int(T0) - 1,
+                fetched_at=int(T0) - 7201,
+            )
+        )
+        refresher, _ = make_refresher(tmp_path, VirtualClock(), ScriptedWeChat(VirtualClock()))
+        assert refresher.adopt_stored() is False
+
+
+@pytest.mark.anyio
+class TestConcurrency:
+    """One fetch in flight per app; the semaphore bounds the whole daemon."""
+
+    async def test_one_fetch_in_flight_per_app(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """Ten concurrent refresh() calls for one app never overlap upstream."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        wechat.gate = asyncio.Event()
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        tasks = [asyncio.create_task(refresher.refresh()) for _ in range(10)]
+        await asyncio.sleep(0.01)
+        wechat.gate.set()
+        await asyncio.gather(*tasks)
+        assert wechat.max_in_flight == 1
+
+    async def test_semaphore_bounds_apps(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """Twenty apps sharing a semaphore of 3 never have more than 3 calls in flight."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        wechat.gate = asyncio.Event()
+        semaphore = asyncio.Semaphore(3)
+        refreshers = [
+            Refresher(
+                make_app(name=f"app{i}"),
+                source=wechat,
+                store=TokenStore(directory=tmp_path, file_mode=0o640),
+                clock=clock,
+                rng=random.Random(i),
+                policy=Policy(),
+                semaphore=semaphore,
+            )
+            for i in range(20)
+        ]
+        tasks = [asyncio.create_task(r.refresh()) for r in refreshers]
+        await asyncio.sleep(0.01)
+        assert wechat.in_flight == 3
+        wechat.gate.set()
+        await asyncio.gather(*tasks)
+        assert wechat.max_in_flight == 3
+        assert len(wechat.calls) == 20
+
+
+@pytest.mark.anyio
+class TestWriteFailures:
+    """A token that can't be written is kept and the write retried, never refetched."""
+
+    async def test_retry_write_without_refetch(
+        self, tmp_path: Path, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """After a failed write the loop rewrites the same token; WeChat is not called again."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        real_save = store.save
+        attempts = []
+
+        def flaky_save(record: Record) -> bool:
+            attempts.append(record.access_token)
+            if len(attempts) < 3:
+                raise OSError(28, "No space left on device", str(tmp_path / "shop"))
+            return real_save(record)
+
+        monkeypatch.setattr(store, "save", flaky_save)
+        await run_until(refresher, lambda: len(attempts) >= 3)
+        assert len(wechat.calls) == 1
+        assert len(set(attempts)) == 1
+        assert (tmp_path / "shop").read_text() == attempts[0]
+        assert "cannot write token files" in log_stream.getvalue()
+
+
+@pytest.mark.anyio
+class TestNoLeaks:
+    """Secrets and tokens never reach the logs; fingerprints do."""
+
+    async def test_logs_carry_fingerprints_only(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """After fetches, failures and expiry, no token or secret appears in any log line."""
+        clock = VirtualClock()
+        failures = {
+            3: TransientError("connection failed"),
+            4: FatalConfigError("errcode 40001", errcode=40001, hint="fix"),
+        }
+        wechat = ScriptedWeChat(clock, lifetime=60, failures=failures)
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        await run_until(refresher, lambda: len(wechat.calls) >= 6)
+        text = log_stream.getvalue()
+        assert wechat.expiry
+        for token in wechat.expiry:
+            assert token not in text
+        assert "SECRET_0123456789abcdef0123456789" not in text
+        assert fingerprint(next(iter(wechat.expiry))) in text
+
+    async def test_redactor_catches_a_slip(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """A token passed into a log call by mistake is replaced before rendering."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        await refresher.refresh()
+        token = wechat.current
+        assert token is not None
+        logs.get_logger().info("oops", detail=f"sent access_token={token}&x=1")
+        assert token not in log_stream.getvalue()
+        assert "access_token=<token>&x=1" in log_stream.getvalue()

@@ -1,0 +1,155 @@
+"""When to call WeChat next: pure functions of (now, state, rng).
+
+Nothing here reads a clock or sleeps, so every rule is tested table-style.
+
+- Classic: refresh after 75-85 % of the lifetime. The jitter keeps many apps
+  and instances from synchronising; the remaining 15 %+ of the lifetime leaves
+  room for retries while the old token still works.
+- Stable: WeChat renews only inside the last ``stable_window`` seconds (a
+  normal-mode call before that returns the same token), so aim just inside the
+  window, and retry fast there if WeChat has not renewed yet.
+- Errors: each class waits as WeChat asks (next minute, next Beijing day,
+  10 minutes for what needs a human); transient ones back off exponentially
+  with full jitter, capped, never tighter than one second, and always leave a
+  few tries before the current token expires.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from wxtokend.config import Grant
+from wxtokend.errors import (
+    AdminWaitError,
+    DailyQuotaError,
+    FatalConfigError,
+    FetchError,
+    MinuteQuotaError,
+    UnknownErrcodeError,
+)
+
+__all__ = [
+    "Policy",
+    "Rng",
+    "backoff",
+    "next_minute",
+    "next_quota_reset",
+    "refresh_at",
+    "retry_at",
+    "unchanged_retry_at",
+]
+
+BEIJING_OFFSET = 8 * 3600
+DAY = 86400
+
+
+class Rng(Protocol):
+    """The part of :class:`random.Random` the scheduler uses."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """Timing knobs; defaults follow WeChat's documented behaviour."""
+
+    stable_window: float = 300.0
+    classic_fraction: tuple[float, float] = (0.75, 0.85)
+    stable_aim: tuple[float, float] = (0.05, 0.25)
+    min_delay: float = 1.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    fatal_interval: float = 600.0
+    unknown_base: float = 30.0
+
+
+def _stable_window(policy: Policy, fetched_at: float, expires_at: float) -> float:
+    # A lifetime shorter than twice the window would put the aim before the
+    # fetch itself; half the lifetime keeps one call per half-life at worst.
+    return min(policy.stable_window, max(0.0, expires_at - fetched_at) / 2)
+
+
+def refresh_at(
+    *, now: float, fetched_at: float, expires_at: float, grant: Grant, rng: Rng, policy: Policy
+) -> float:
+    """When a healthy token should be replaced (``now`` if that moment has passed)."""
+    if grant == "classic":
+        at = fetched_at + (expires_at - fetched_at) * rng.uniform(*policy.classic_fraction)
+    else:
+        window = _stable_window(policy, fetched_at, expires_at)
+        at = expires_at - window + window * rng.uniform(*policy.stable_aim)
+    return max(at, now)
+
+
+def unchanged_retry_at(
+    *, now: float, fetched_at: float, expires_at: float, rng: Rng, policy: Policy
+) -> float:
+    """WeChat answered with the token we already hold (stable grant, not renewed yet).
+
+    Inside the renewal window: ask again within seconds, since the renewal is
+    due. Before it (our clock ran ahead): aim inside the window as usual.
+    """
+    window = _stable_window(policy, fetched_at, expires_at)
+    if now < expires_at - window:
+        return refresh_at(
+            now=now,
+            fetched_at=fetched_at,
+            expires_at=expires_at,
+            grant="stable",
+            rng=rng,
+            policy=policy,
+        )
+    step = max(policy.min_delay, policy.stable_window / 30)
+    return now + max(policy.min_delay, step * rng.uniform(0.5, 1.0))
+
+
+def backoff(attempt: int, rng: Rng, *, base: float, cap: float, floor: float) -> float:
+    """Capped exponential backoff with full jitter; ``attempt`` counts from 1."""
+    ceiling = min(cap, base * 2 ** min(max(attempt, 1) - 1, 62))
+    return max(floor, rng.uniform(0, ceiling))
+
+
+def next_minute(now: float) -> float:
+    return (math.floor(now / 60) + 1) * 60.0
+
+
+def next_quota_reset(now: float) -> float:
+    """Next 00:00 Beijing time (UTC+8), when WeChat's daily quotas reset."""
+    return (math.floor((now + BEIJING_OFFSET) / DAY) + 1) * DAY - BEIJING_OFFSET
+
+
+def retry_at(
+    *,
+    now: float,
+    error: FetchError,
+    attempt: int,
+    rng: Rng,
+    policy: Policy,
+    expires_at: float | None,
+) -> float:
+    """When to try again after ``error``, the ``attempt``-th failure in a row."""
+    if isinstance(error, DailyQuotaError):
+        return next_quota_reset(now) + rng.uniform(0, 60)
+    if isinstance(error, MinuteQuotaError):
+        return next_minute(now) + rng.uniform(policy.min_delay, 5)
+    if isinstance(error, AdminWaitError):
+        return now + error.wait * rng.uniform(1.0, 1.1)
+    if isinstance(error, FatalConfigError):
+        return now + policy.fatal_interval * rng.uniform(1.0, 1.1)
+    if isinstance(error, UnknownErrcodeError):
+        return now + backoff(
+            attempt,
+            rng,
+            base=policy.unknown_base,
+            cap=policy.fatal_interval,
+            floor=policy.min_delay,
+        )
+    delay = backoff(
+        attempt, rng, base=policy.backoff_base, cap=policy.backoff_cap, floor=policy.min_delay
+    )
+    if expires_at is not None and expires_at > now:
+        # Keep several tries in hand before the token consumers hold runs out.
+        delay = min(delay, max(policy.min_delay, (expires_at - now) / 4))
+    return now + delay

@@ -1,0 +1,197 @@
+"""Token files: written atomically, read back at start.
+
+Per app, in the output directory:
+
+- ``<name>``       the bare token, no newline: ``cat`` it.
+- ``<name>.json``  ``{"appid", "name", "grant", "access_token", "expires_at",
+  "fetched_at", "expired"}``, times in unix seconds; also the daemon's memory
+  across restarts.
+
+Each file is written to a temp file in the same directory (``O_EXCL``, final
+mode), fsynced, renamed over the old one and the directory fsynced, so a reader
+sees the old file or the new one, never a mix. The JSON goes first: after a
+crash between the two renames the JSON already names the newer token and the
+next start repairs the bare file, never the other way round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from wxtokend.config import OUTPUT_DIR_MODE, Grant
+from wxtokend.errors import StateFileError
+from wxtokend.wechat import MAX_TOKEN_LENGTH, Token, is_valid_token
+
+__all__ = ["Record", "TokenStore", "atomic_write"]
+
+_TEMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """What the files say about one app's token."""
+
+    appid: str
+    name: str
+    grant: Grant
+    access_token: str
+    expires_at: int
+    fetched_at: int
+    expired: bool = False
+
+    @classmethod
+    def of(cls, token: Token, *, appid: str, name: str, grant: Grant) -> Record:
+        # Floor the expiry: a consumer trusting it must never overshoot.
+        return cls(
+            appid=appid,
+            name=name,
+            grant=grant,
+            access_token=token.access_token,
+            expires_at=math.floor(token.expires_at),
+            fetched_at=math.floor(token.fetched_at),
+        )
+
+    def as_expired(self) -> Record:
+        return replace(self, expired=True)
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), ensure_ascii=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Record:
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise StateFileError("not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise StateFileError("not a JSON object")
+        token = raw.get("access_token")
+        if not isinstance(token, str) or not is_valid_token(token):
+            raise StateFileError(f"access_token is not 1-{MAX_TOKEN_LENGTH} visible ASCII chars")
+        for key in ("appid", "name"):
+            if not isinstance(raw.get(key), str):
+                raise StateFileError(f"{key} is missing")
+        if raw.get("grant") not in ("stable", "classic"):
+            raise StateFileError("grant is not stable or classic")
+        times = [raw.get("expires_at"), raw.get("fetched_at")]
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
+            raise StateFileError("expires_at / fetched_at are not unix seconds")
+        return cls(
+            appid=raw["appid"],
+            name=raw["name"],
+            grant=raw["grant"],
+            access_token=token,
+            expires_at=raw["expires_at"],
+            fetched_at=raw["fetched_at"],
+            expired=raw.get("expired") is True,
+        )
+
+
+class TokenStore:
+    """The output directory and the two files per app in it."""
+
+    def __init__(self, *, directory: Path, file_mode: int, gid: int | None = None) -> None:
+        self.directory = directory
+        self.file_mode = file_mode
+        self.gid = gid
+
+    def paths(self, name: str) -> tuple[Path, Path]:
+        return self.directory / name, self.directory / f"{name}.json"
+
+    def ensure_directory(self) -> None:
+        """Create the directory with mode 0750 exactly (and the group) if it is missing."""
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, mode=OUTPUT_DIR_MODE)
+            os.chmod(self.directory, OUTPUT_DIR_MODE)
+            if self.gid is not None:
+                os.chown(self.directory, -1, self.gid)
+
+    def prepare(self) -> list[str]:
+        """At daemon start: ensure the directory; remove temp files a crash left behind."""
+        self.ensure_directory()
+        removed = []
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(".") and _TEMP_MARK in entry.name and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+        return removed
+
+    def save(self, record: Record) -> bool:
+        """Write both files (JSON first); True if anything on disk changed."""
+        token_path, json_path = self.paths(record.name)
+        wrote_json = atomic_write(json_path, record.to_json(), mode=self.file_mode, gid=self.gid)
+        wrote_token = atomic_write(
+            token_path, record.access_token.encode(), mode=self.file_mode, gid=self.gid
+        )
+        if wrote_json or wrote_token:
+            _fsync_dir(self.directory)
+        return wrote_json or wrote_token
+
+    def load(self, name: str) -> Record | None:
+        """The record in ``<name>.json``; None if there is none; StateFileError if unusable."""
+        _, json_path = self.paths(name)
+        try:
+            data = json_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateFileError(f"cannot read: {exc.strerror}") from None
+        return Record.from_json(data)
+
+    def remove(self, name: str) -> None:
+        for path in self.paths(name):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        _fsync_dir(self.directory)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int, gid: int | None = None) -> bool:
+    """Replace ``path`` with ``data`` atomically; skip (False) if it already holds exactly that."""
+    if _already(path, data, mode, gid):
+        return False
+    temp = path.with_name(f".{path.name}{_TEMP_MARK}{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask trimmed the mode given to open
+            if gid is not None:
+                os.fchown(fd, -1, gid)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return True
+
+
+def _already(path: Path, data: bytes, mode: int, gid: int | None) -> bool:
+    try:
+        st = path.stat()
+        if st.st_mode & 0o7777 != mode or (gid is not None and st.st_gid != gid):
+            return False
+        if st.st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
