@@ -1,0 +1,1 @@
+"""Benchmarks: every claim wxtokend makes, as a figure measured side by side."""

@@ -1,0 +1,160 @@
+"""``python -m bench [--quick]``: measure, print a markdown table, write bench/results/.
+
+Everything runs against the emulator on loopback with the real daemon process,
+using the same process harness as the end-to-end tests (tests/harness.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import DaemonProcess, EmulatorProcess, TestApp, wait_for  # noqa: E402
+
+
+@dataclass
+class Figure:
+    name: str
+    value: str
+    target: str
+    detail: str = ""
+
+
+def _apps(n: int, grant: str, offset: int) -> list[TestApp]:
+    return [
+        TestApp(
+            appid=f"wx{offset + i:016x}",
+            secret=f"{offset + i:032x}",
+            name=f"{grant}{i}",
+            grant=grant,
+        )
+        for i in range(n)
+    ]
+
+
+def calls_per_lifetime(work: Path, *, lifetimes: int, apps_per_grant: int) -> list[Figure]:
+    """Steady-state upstream calls per app per token lifetime, for each grant.
+
+    The stable window keeps WeChat's proportion (300 s of 7,200 s ≈ 4 %): the
+    ratio for stable is lifetime / (lifetime - window), so a compressed window
+    that is a larger share of the lifetime would overstate real-world calls.
+    """
+    lifetime, window = 24, 1
+    classic = _apps(apps_per_grant, "classic", 0x1000)
+    stable = _apps(apps_per_grant, "stable", 0x2000)
+    apps = classic + stable
+    emu = EmulatorProcess(work / "emu", apps, lifetime=lifetime, grace=3, stable_window=window)
+    daemon = DaemonProcess(work / "d", apps, emu.base_url, stable_renew_window=window)
+    try:
+        daemon.start()
+        daemon.wait_for_tokens([a.name for a in apps], timeout=60)
+        time.sleep(lifetime)  # one lifetime of warm-up: the first fetches are not steady state
+        emu.post("/emulator/reset-stats", {})
+        started = time.monotonic()
+        time.sleep(lifetime * lifetimes)
+        elapsed = time.monotonic() - started
+        stats = emu.stats()
+    finally:
+        daemon.kill()
+        emu.close()
+    figures = []
+    for grant, group, endpoint in (
+        ("classic", classic, "token"),
+        ("stable", stable, "stable_token"),
+    ):
+        calls = sum(stats.get(a.appid, {}).get(endpoint, 0) for a in group)
+        ratio = calls / len(group) / (elapsed / lifetime)
+        figures.append(
+            Figure(
+                f"upstream calls per app per lifetime ({grant})",
+                f"{ratio:.3f}",
+                "≤ 1.3 (minimum 1)",
+                f"{len(group)} apps, {elapsed / lifetime:.1f} lifetimes of {lifetime} s,"
+                f" {calls} calls",
+            )
+        )
+    return figures
+
+
+def first_tokens(work: Path, *, n: int) -> list[Figure]:
+    """Time from process start until every one of n apps has its token file."""
+    apps = _apps(n // 2, "classic", 0x10000) + _apps(n - n // 2, "stable", 0x20000)
+    emu = EmulatorProcess(work / "emu", apps, lifetime=3600)
+    daemon = DaemonProcess(work / "d", apps, emu.base_url)
+    out = daemon.output_dir
+    try:
+        started = time.monotonic()
+        daemon.start()
+        wait_for(
+            lambda: daemon.log_path.exists() and '"started"' in daemon.log_text(),
+            timeout=60,
+            what="start",
+        )
+        booted = time.monotonic() - started
+        wait_for(
+            lambda: out.exists() and sum(1 for _ in out.glob("*.json")) == n,
+            timeout=300,
+            what=f"{n} token files",
+            step=0.05,
+        )
+        total = time.monotonic() - started
+    finally:
+        daemon.kill()
+        emu.close()
+    return [
+        Figure(
+            f"time until {n:,} apps have their first token",
+            f"{total:.2f} s",
+            "seconds",
+            f"of which {booted:.2f} s interpreter start-up and config load",
+        )
+    ]
+
+
+def table(figures: list[Figure]) -> str:
+    rows = ["| figure | measured | target | detail |", "|---|---|---|---|"]
+    rows += [f"| {f.name} | {f.value} | {f.target} | {f.detail} |" for f in figures]
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="fewer lifetimes (about a minute)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md")
+    args = parser.parse_args()
+    runs: list[Callable[[Path], list[Figure]]] = [
+        lambda w: calls_per_lifetime(w, lifetimes=3 if args.quick else 20, apps_per_grant=50),
+        lambda w: first_tokens(w, n=1000),
+    ]
+    figures: list[Figure] = []
+    for run in runs:
+        with tempfile.TemporaryDirectory(prefix="wxtokend-bench-") as tmp:
+            figures += run(Path(tmp))
+            print(table(figures[-1:]).splitlines()[-1], flush=True)
+    machine = (
+        f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+    )
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    report = f"{table(figures)}\n\nMachine: {machine}, {_cpus()} cores. Command: `{command}`.\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print("\n" + report)
+    return 0
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""The ``wxtokend`` command: run, check, get, schema, emulate, demo.
+
+Exit codes: 0 fine, 1 no valid token (or an upstream failure), 2 a bad config
+or command line — always with a message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from wxtokend import __version__, emulator, logs
+from wxtokend.config import Config, json_schema, load_config
+from wxtokend.daemon import run_daemon
+from wxtokend.errors import ConfigError, FetchError, StateFileError
+from wxtokend.redact import fingerprint
+from wxtokend.store import Record, TokenStore
+from wxtokend.wechat import Token, WeChatClient
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "/etc/wxtokend/config.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"wxtokend: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wxtokend", description="Keeps WeChat access_tokens fresh in files anyone can read."
+    )
+    parser.add_argument("--version", action="version", version=f"wxtokend {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str, handler: object) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=Path(os.environ.get("WXTOKEND_CONFIG", DEFAULT_CONFIG)),
+            help=f"config file (default: $WXTOKEND_CONFIG or {DEFAULT_CONFIG})",
+        )
+        p.add_argument("--log-level", choices=logs.LEVELS, default="info")
+
+    run = command("run", "Run the daemon in the foreground.", _run)
+    config_option(run)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="make sure every app has a valid token on disk, then exit (init containers, cron)",
+    )
+
+    check = command("check", "Validate the config and summarise each app.", _check)
+    config_option(check)
+    check.add_argument(
+        "--online", action="store_true", help="also ask WeChat once per app and report its answer"
+    )
+    check.add_argument(
+        "--force",
+        action="store_true",
+        help="with --online, also fetch classic-grant apps (this invalidates their running token)",
+    )
+
+    get = command("get", "Print an app's current token.", _get)
+    get.add_argument("name", help="the app's name (or appid)")
+    config_option(get)
+
+    command("schema", "Print the config file's JSON Schema.", _schema)
+
+    emulate = command("emulate", "Run the local WeChat emulator.", emulator.run_from_args)
+    emulator.add_arguments(emulate)
+
+    demo = command("demo", "Run the emulator and the daemon on a demo config.", _demo)
+    demo.add_argument("directory", nargs="?", type=Path, default=Path("wxtoken-demo"))
+    demo.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    return parser
+
+
+def _load(args: argparse.Namespace, *, log_to_stdout: bool = False) -> Config:
+    """Set up logging (stderr unless the command's output *is* its log), then load."""
+    logs.configure(level=args.log_level, stream=sys.stdout if log_to_stdout else sys.stderr)
+    config = load_config(args.config)
+    for warning in config.warnings:
+        logs.get_logger().warning("config", problem=warning)
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args, log_to_stdout=True)
+    return asyncio.run(run_daemon(config, once=args.once))
+
+
+def _schema(_: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    config = _load(args)
+    app = config.app(args.name)
+    if app is None:
+        names = ", ".join(a.name for a in config.apps)
+        print(
+            f"wxtokend: no app named {args.name!r} in {config.path} (apps: {names})",
+            file=sys.stderr,
+        )
+        return 2
+    store = TokenStore(directory=config.output_dir, file_mode=config.file_mode)
+    try:
+        record = store.load(app.name)
+    except StateFileError as exc:
+        print(f"wxtokend: {store.paths(app.name)[1]} is unusable: {exc}", file=sys.stderr)
+        return 1
+    problem = _token_problem(record, time.time())
+    if record is None or problem:
+        print(
+            f"wxtokend: {app.name}: {problem} in {config.output_dir} — is the daemon running"
+            " (systemctl status wxtokend)? Its log says why the refresh fails.",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.write(record.access_token + ("\n" if sys.stdout.isatty() else ""))
+    return 0
+
+
+def _token_problem(record: Record | None, now: float) -> str:
+    if record is None:
+        return "no token file yet"
+    if record.expired or now >= record.expires_at:
+        return f"token expired {int(now - record.expires_at)} s ago"
+    return ""
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.path}: OK — {len(config.apps)} app(s), token files in {config.output_dir}")
+    store = TokenStore(directory=config.output_dir, file_mode=config.file_mode, gid=config.file_gid)
+    now = time.time()
+    for app in config.apps:
+        try:
+            record = store.load(app.name)
+            problem = _token_problem(record, now)
+            on_disk = problem or (
+                f"token {fingerprint(record.access_token)} valid for"
+                f" {int(record.expires_at - now)} s"
+                if record
+                else ""
+            )
+        except StateFileError as exc:
+            on_disk = f"state file unusable: {exc}"
+        print(f"  {app.name}: appid {app.appid}, {app.grant} grant, {app.secret_source}; {on_disk}")
+    if not args.online:
+        return 0
+    return asyncio.run(_check_online(config, store, force=args.force))
+
+
+async def _check_online(config: Config, store: TokenStore, *, force: bool) -> int:
+    client = WeChatClient(
+        api_base=config.api_base, timeout=config.request_timeout, proxy=config.proxy
+    )
+    failed = 0
+    try:
+        for app in config.apps:
+            if app.grant == "classic" and not force:
+                print(
+                    f"  {app.name}: skipped — a classic fetch invalidates the token consumers hold;"
+                    " add --force to fetch anyway"
+                )
+                continue
+            try:
+                token = await client.fetch_token(app)
+            except FetchError as exc:
+                failed += 1
+                print(f"  {app.name}: FAILED — {exc}\n    fix: {exc.hint}")
+                continue
+            print(
+                f"  {app.name}: OK — WeChat issued token {fingerprint(token.access_token)},"
+                f" expires_in {token.expires_in}"
+            )
+            if app.grant == "classic":
+                _keep_forced_token(store, app.appid, app.name, token)
+    finally:
+        await client.aclose()
+    return 1 if failed else 0
+
+
+def _keep_forced_token(store: TokenStore, appid: str, name: str, token: Token) -> None:
+    """A forced classic fetch killed the old token: hand the new one to consumers."""
+    record = Record.of(token, appid=appid, name=name, grant="classic")
+    try:
+        store.ensure_directory()
+        store.save(record)
+        print(f"    the new token replaced the old one in {store.directory}")
+    except OSError as exc:
+        print(
+            f"    WARNING: could not write {store.directory} ({exc.strerror}): consumers hold a"
+            " token that stops working in about 5 minutes; restart wxtokend now"
+        )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from wxtokend.demo import run_demo
+
+    logs.configure(level=args.log_level, stream=sys.stdout)
+    return run_demo(args.directory)
