@@ -248,6 +248,23 @@ class TestDurations:
         with pytest.raises(ValueError, match=r"duration|longer than zero"):
             parse_duration(value)
 
+    @pytest.mark.parametrize(
+        ("key", "text"),
+        [
+            ("stable_renew_window", "500ms"),
+            ("stable_renew_window", "2h"),
+            ("request_timeout", "1ms"),
+            ("request_timeout", "10m"),
+            ("request_timeout", ".inf"),
+        ],
+    )
+    def test_duration_bounds(self, tmp_path: Path, key: str, text: str) -> None:
+        """Durations outside sane bounds are refused at their key, with the fix."""
+        path = write_config(tmp_path, f"{key}: {text}\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: {key}: ")
+        assert " — use e.g. " in problem
+
     def test_parse_duration_rejects_nan(self) -> None:
         """NaN is not a duration."""
         with pytest.raises(ValueError, match=r"duration|longer than zero"):
@@ -255,7 +272,7 @@ class TestDurations:
 
     @pytest.mark.parametrize(
         ("text", "seconds"),
-        [("300", 300.0), ("15s", 15.0), ("5m", 300.0), ("1h", 3600.0), ("500ms", 0.5)],
+        [("300", 300.0), ("15s", 15.0), ("5m", 300.0), ("1500ms", 1.5), ("2", 2.0)],
     )
     @pytest.mark.parametrize("key", ["stable_renew_window", "request_timeout"])
     def test_duration_keys(self, tmp_path: Path, key: str, text: str, seconds: float) -> None:
@@ -475,7 +492,7 @@ BAD_INPUTS = [
         app_with("secret_file: locked.secret"),
         "apps[0].secret_file",
         3,
-        "let the wxtokend user read it",
+        "let the user wxtokend runs as read it, and nobody else",
         setup=chmod_000,
         root_can_read=True,
     ),
@@ -484,7 +501,7 @@ BAD_INPUTS = [
         app_with("secret_file: dir.secret"),
         "apps[0].secret_file",
         3,
-        "let the wxtokend user read it",
+        "let the user wxtokend runs as read it, and nobody else",
         setup=make_dir,
     ),
     Bad(
@@ -492,7 +509,7 @@ BAD_INPUTS = [
         app_with("secret_file: bin.secret"),
         "apps[0].secret_file",
         3,
-        "let the wxtokend user read it",
+        "let the user wxtokend runs as read it, and nobody else",
         setup=write("bin.secret", b"\xff\xfe\xfd\n"),
     ),
     Bad(
@@ -913,3 +930,56 @@ class TestCli:
         schema = json.loads(capsys.readouterr().out)
         assert "apps" in schema["properties"]
         assert "apps" in schema.get("required", [])
+
+
+class TestEnvironmentChecks:
+    """Checks that depend on the host: groups, URLs, odd YAML."""
+
+    def test_group_the_process_cannot_use(
+        self, tmp_path: Path, own_group: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file_group this (non-root) process is not in is refused with how to fix it."""
+        name, gid = own_group
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        monkeypatch.setattr(os, "getegid", lambda: gid + 1)
+        monkeypatch.setattr(os, "getgroups", lambda: [gid + 1])
+        path = write_config(tmp_path, f"file_group: {name}\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: file_group: this process (uid 1000) is not in group")
+        assert "SupplementaryGroups=" in problem
+
+    def test_group_not_checked_for_readers(
+        self, tmp_path: Path, own_group: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Loading without secrets (wxtokend get) needs neither the secret nor the group."""
+        name, gid = own_group
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        monkeypatch.setattr(os, "getegid", lambda: gid + 1)
+        monkeypatch.setattr(os, "getgroups", lambda: [gid + 1])
+        path = write_config(tmp_path, f"file_group: {name}\n{MINIMAL}")
+        (tmp_path / "app.secret").unlink()
+        config = load_config(path, secrets=False)
+        assert config.file_gid == gid
+        assert config.apps[0].secret.reveal() == ""
+
+    @pytest.mark.parametrize(
+        "url", ["http://127.0.0.1:99999", "http://a:b:c", "https://host:0x50", "http://[::1"]
+    )
+    def test_api_base_with_bad_port(self, tmp_path: Path, url: str) -> None:
+        """An api_base that httpx cannot use is a config error, not a crash loop later."""
+        path = write_config(tmp_path, f"api_base: '{url}'\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: api_base: ")
+
+    def test_unhashable_yaml_key(self, tmp_path: Path) -> None:
+        """A list used as a key is reported with its position, not a TypeError."""
+        path = write_config(tmp_path, f"? [a]\n: 1\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1:")
+        assert "plain word" in problem
+
+    def test_app_entry_not_a_mapping(self, tmp_path: Path) -> None:
+        """An app given as a bare value says what an app entry looks like."""
+        path = write_config(tmp_path, "apps: [1]\n")
+        (problem,) = problems_of(path)
+        assert "apps[0]: is not a mapping — each app is a mapping with appid:" in problem

@@ -227,6 +227,34 @@ class TestCommands:
         assert token
         assert emu.check(token) == 0
 
+    def test_get_needs_no_secret(self, emulator: EmulatorFactory, daemon: DaemonFactory) -> None:
+        """Consumers run get without access to the AppSecret."""
+        apps = [app(17, "stable", name="shop")]
+        emu = emulator(apps, lifetime=120)
+        d = daemon(apps, emu.base_url)
+        assert d.run("run", "--once").returncode == 0
+        (d.directory / "secrets" / "shop").unlink()
+        got = d.run("get", "shop")
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == d.token("shop")
+
+    def test_unusable_output_dir(self, tmp_path: Path) -> None:
+        """An output_dir that cannot be created gives one clear line and exit 1."""
+        (tmp_path / "s").write_text("secret\n")
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "config.yaml"
+        path.write_text("output_dir: file/tokens\napps:\n  - appid: wx1\n    secret_file: s\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "wxtokend", "run", "--once", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert "output_dir" in result.stderr
+        assert "Not a directory" in result.stderr
+        assert "Traceback" not in result.stderr
+
     def test_bad_config_exit_2(self, tmp_path: Path) -> None:
         """A bad config gives one clear line per problem and exit 2, never a traceback."""
         path = tmp_path / "config.yaml"

@@ -99,8 +99,12 @@ class ScriptedWeChat:
         return Token(access_token=token, expires_in=self.lifetime, fetched_at=now)
 
 
+API_BASE = "https://api.weixin.qq.com"
+
+
 def make_app(grant: Grant = "classic", name: str = "shop") -> AppConfig:
     return AppConfig(
+        api_base=API_BASE,
         appid="wx0123456789abcdef",
         name=name,
         grant=grant,
@@ -279,6 +283,7 @@ class TestRestart:
                 access_token="TOKEN_OLD",
                 expires_at=int(T0) + 6000,
                 fetched_at=int(T0) - 1200,
+                api_base=API_BASE,
             )
         )
         wechat = ScriptedWeChat(clock)
@@ -290,13 +295,23 @@ class TestRestart:
         assert '"outcome": "reused"' in log_stream.getvalue()
 
     @pytest.mark.parametrize(
-        ("change", "reason"),
-        [({"appid": "wx_other"}, "belongs to appid"), ({"grant": "stable"}, "belongs to appid")],
+        ("change", "message", "kept"),
+        [
+            ({"appid": "wx_other"}, "state file removed", False),
+            ({"grant": "stable"}, "state file not reused", True),
+            ({"api_base": "http://127.0.0.1:1"}, "state file not reused", True),
+            ({}, "state file not reused", True),  # written before api_base was recorded
+        ],
     )
-    async def test_foreign_state_ignored(
-        self, tmp_path: Path, log_stream: io.StringIO, change: dict[str, str], reason: str
+    async def test_foreign_state_not_adopted(
+        self,
+        tmp_path: Path,
+        log_stream: io.StringIO,
+        change: dict[str, str],
+        message: str,
+        kept: bool,
     ) -> None:
-        """A state file of another appid or grant is ignored with a warning."""
+        """Another appid's token is removed; another grant's or API's is replaced, not reused."""
         base = {
             "appid": "wx0123456789abcdef",
             "name": "shop",
@@ -305,10 +320,53 @@ class TestRestart:
             "expires_at": int(T0) + 6000,
             "fetched_at": int(T0) - 1200,
         }
+        if change:
+            base["api_base"] = API_BASE
         (tmp_path / "shop.json").write_text(json.dumps({**base, **change}))
+        (tmp_path / "shop").write_text("TOKEN_OLD")
         refresher, _ = make_refresher(tmp_path, VirtualClock(), ScriptedWeChat(VirtualClock()))
         assert refresher.adopt_stored() is False
-        assert reason in log_stream.getvalue()
+        assert message in log_stream.getvalue()
+        assert (tmp_path / "shop").exists() is kept
+        assert (tmp_path / "shop.json").exists() is kept
+
+    async def test_interrupted_classic_fetch_refreshes_now(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """A classic fetch cut short may have killed the stored token: refresh at once."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        await refresher.refresh()
+        assert refresher.record is not None
+        clock.t += 6000  # past the refresh point: the next fetch is being made...
+        wechat.gate = asyncio.Event()  # ...and hangs until the process is killed
+        task = asyncio.create_task(refresher.refresh())
+        await asyncio.sleep(0.01)
+        saved = store.load("shop")
+        assert saved is not None
+        assert saved.interrupted()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        restarted, _ = make_refresher(tmp_path, clock, wechat)
+        assert restarted.adopt_stored() is True
+        assert restarted.next_at == clock.now()
+
+    async def test_clean_stop_is_not_interrupted(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """After a completed classic refresh the stored record carries no interruption mark."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        await refresher.refresh()
+        clock.t += 6000
+        await refresher.refresh()
+        saved = store.load("shop")
+        assert saved is not None
+        assert not saved.interrupted()
 
     async def test_corrupt_state_ignored(self, tmp_path: Path, log_stream: io.StringIO) -> None:
         """A corrupt state file is ignored with a warning, and then replaced."""
@@ -332,6 +390,7 @@ class TestRestart:
                 access_token="TOKEN_OLD",
                 expires_at=int(T0) - 1,
                 fetched_at=int(T0) - 7201,
+                api_base=API_BASE,
             )
         )
         refresher, _ = make_refresher(tmp_path, VirtualClock(), ScriptedWeChat(VirtualClock()))
@@ -383,6 +442,39 @@ class TestConcurrency:
         assert len(wechat.calls) == 20
 
 
+class SteppingClock(VirtualClock):
+    """A wall clock that an administrator steps back one hour during the first sleep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stepped = False
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        if not self.stepped and seconds > 0:
+            self.stepped = True
+            self.t -= 3600
+
+
+@pytest.mark.anyio
+class TestClockSteps:
+    """A wall-clock step during a sleep neither stretches nor shrinks the wait."""
+
+    async def test_backward_step_does_not_delay_refresh(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """Stepping the clock back an hour mid-sleep still refreshes after the planned wait."""
+        clock = SteppingClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, _ = make_refresher(tmp_path, clock, wechat)
+        await refresher.refresh()
+        planned_wait = refresher.next_at - clock.now()
+        await run_until(refresher, lambda: len(wechat.calls) >= 2)
+        # The second call happened one planned wait later in real (monotonic) time,
+        # which the stepped wall clock shows as an hour earlier.
+        assert wechat.calls[1] - wechat.calls[0] == pytest.approx(planned_wait - 3600)
+
+
 @pytest.mark.anyio
 class TestWriteFailures:
     """A token that can't be written is kept and the write retried, never refetched."""
@@ -408,7 +500,9 @@ class TestWriteFailures:
         assert len(wechat.calls) == 1
         assert len(set(attempts)) == 1
         assert (tmp_path / "shop").read_text() == attempts[0]
-        assert "cannot write token files" in log_stream.getvalue()
+        events = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+        assert [e["outcome"] for e in events if e["event"] == "refresh"] == ["unsaved"]
+        assert "No space left on device" in events[0]["error"]
 
 
 @pytest.mark.anyio

@@ -37,6 +37,7 @@ def record(
         access_token=token,
         expires_at=expires_at,
         fetched_at=expires_at - 7200,
+        api_base="https://api.weixin.qq.com",
     )
 
 
@@ -126,6 +127,8 @@ class TestTokenStore:
             "expires_at": 2_000_000_000,
             "fetched_at": 2_000_000_000 - 7200,
             "expired": False,
+            "api_base": "https://api.weixin.qq.com",
+            "refresh_started_at": None,
         }
 
     def test_round_trip(self, tmp_path: Path) -> None:
@@ -191,8 +194,21 @@ class TestTokenStore:
     def test_record_of_token_floors_expiry(self) -> None:
         """expires_at is floored so a consumer trusting it never overshoots."""
         token = Token(access_token="T", expires_in=10, fetched_at=100.7)
-        rec = Record.of(token, appid="wx1", name="shop", grant="stable")
+        rec = Record.of(token, appid="wx1", name="shop", grant="stable", api_base="http://x")
         assert (rec.fetched_at, rec.expires_at) == (100, 110)
+
+    def test_repr_hides_token(self) -> None:
+        """A record's repr (e.g. in a traceback's locals) never shows the token."""
+        assert "TOKEN_A" not in repr(record("TOKEN_A"))
+        assert "TOKEN_A" not in repr(Token(access_token="TOKEN_A", expires_in=1, fetched_at=0))
+
+    def test_interrupted_marker(self) -> None:
+        """A record marked refreshing after its fetch counts as an interrupted classic fetch."""
+        rec = record()
+        assert not rec.interrupted()
+        assert rec.refreshing(rec.fetched_at + 5000).interrupted()
+        loaded = Record.from_json(rec.refreshing(rec.fetched_at + 5000).to_json())
+        assert loaded.interrupted()
 
     def test_remove(self, tmp_path: Path) -> None:
         """remove deletes both files and tolerates their absence."""

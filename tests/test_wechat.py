@@ -653,6 +653,7 @@ class TestParseToken:
             ({"access_token": "A" * 512, "expires_in": 7200}, "A" * 512, 7200),
             ({"access_token": "!~", "expires_in": 300, "errcode": 0}, "!~", 300),
             ({"access_token": TOKEN, "expires_in": 7200, "extra": [1]}, TOKEN, 7200),
+            ({"access_token": TOKEN, "expires_in": 86400}, TOKEN, 86400),
         ],
     )
     def test_valid_body(self, body: dict[str, Any], token: str, expires_in: int) -> None:
@@ -688,6 +689,8 @@ class TestParseToken:
             {"access_token": TOKEN, "expires_in": 7200.5},
             {"access_token": TOKEN, "expires_in": True},
             {"access_token": TOKEN, "expires_in": None},
+            {"access_token": TOKEN, "expires_in": 86401},
+            {"access_token": TOKEN, "expires_in": 10**12},
         ],
     )
     def test_invalid_body(self, body: Any) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from wxtokend import __version__, emulator, logs
 from wxtokend.config import Config, json_schema, load_config
 from wxtokend.daemon import run_daemon
-from wxtokend.errors import ConfigError, FetchError, StateFileError
+from wxtokend.errors import ConfigError, FetchError, StateFileError, WxTokendError
 from wxtokend.redact import fingerprint
 from wxtokend.store import Record, TokenStore
 from wxtokend.wechat import Token, WeChatClient
@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"wxtokend: invalid config:\n{exc}", file=sys.stderr)
         return 2
+    except WxTokendError as exc:
+        print(f"wxtokend: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -99,10 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace, *, log_to_stdout: bool = False) -> Config:
+def _load(args: argparse.Namespace, *, log_to_stdout: bool = False, secrets: bool = True) -> Config:
     """Set up logging (stderr unless the command's output *is* its log), then load."""
     logs.configure(level=args.log_level, stream=sys.stdout if log_to_stdout else sys.stderr)
-    config = load_config(args.config)
+    config = load_config(args.config, secrets=secrets)
     for warning in config.warnings:
         logs.get_logger().warning("config", problem=warning)
     return config
@@ -119,7 +122,7 @@ def _schema(_: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, secrets=False)  # consumers run this: no secrets needed
     app = config.app(args.name)
     if app is None:
         names = ", ".join(a.name for a in config.apps)
@@ -134,7 +137,7 @@ def _get(args: argparse.Namespace) -> int:
     except StateFileError as exc:
         print(f"wxtokend: {store.paths(app.name)[1]} is unusable: {exc}", file=sys.stderr)
         return 1
-    problem = _token_problem(record, time.time())
+    problem = _token_problem(record, app.appid, time.time())
     if record is None or problem:
         print(
             f"wxtokend: {app.name}: {problem} in {config.output_dir} — is the daemon running"
@@ -146,9 +149,11 @@ def _get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_problem(record: Record | None, now: float) -> str:
+def _token_problem(record: Record | None, appid: str, now: float) -> str:
     if record is None:
         return "no token file yet"
+    if record.appid != appid:
+        return f"the token file holds appid {record.appid}'s token, not {appid}'s"
     if record.expired or now >= record.expires_at:
         return f"token expired {int(now - record.expires_at)} s ago"
     return ""
@@ -162,7 +167,7 @@ def _check(args: argparse.Namespace) -> int:
     for app in config.apps:
         try:
             record = store.load(app.name)
-            problem = _token_problem(record, now)
+            problem = _token_problem(record, app.appid, now)
             on_disk = problem or (
                 f"token {fingerprint(record.access_token)} valid for"
                 f" {int(record.expires_at - now)} s"
@@ -201,15 +206,17 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
                 f" expires_in {token.expires_in}"
             )
             if app.grant == "classic":
-                _keep_forced_token(store, app.appid, app.name, token)
+                _keep_forced_token(store, app.appid, app.name, app.api_base, token)
     finally:
         await client.aclose()
     return 1 if failed else 0
 
 
-def _keep_forced_token(store: TokenStore, appid: str, name: str, token: Token) -> None:
+def _keep_forced_token(
+    store: TokenStore, appid: str, name: str, api_base: str, token: Token
+) -> None:
     """A forced classic fetch killed the old token: hand the new one to consumers."""
-    record = Record.of(token, appid=appid, name=name, grant="classic")
+    record = Record.of(token, appid=appid, name=name, grant="classic", api_base=api_base)
     try:
         store.ensure_directory()
         store.save(record)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import httpx
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -137,7 +138,7 @@ class _ConfigModel(BaseModel):
         "0640",  # parsed by _parse_file_mode like user input
         validate_default=True,
         description='Mode of token files, applied exactly whatever the umask, e.g. "0640".',
-        json_schema_extra={"type": "string", "pattern": "^(0o)?[0-7]{3,4}$"},
+        json_schema_extra={"type": "string", "pattern": "^(0o|0)?[0-7]{3}$"},
     )
     file_group: Group = Field(
         None, description="Group (name or gid) given to token files: the consumers' group."
@@ -148,9 +149,14 @@ class _ConfigModel(BaseModel):
         16, ge=1, le=1024, strict=True, description="Upstream calls in flight."
     )
     stable_renew_window: Duration = Field(
-        300.0, description="Stable grant: WeChat renews only inside this last part of a lifetime."
+        300.0,
+        ge=1,
+        le=3600,
+        description="Stable grant: WeChat renews only inside this last part of a lifetime.",
     )
-    request_timeout: Duration = Field(10.0, description="Timeout of one WeChat call.")
+    request_timeout: Duration = Field(
+        10.0, ge=0.1, le=300, description="Timeout of one whole WeChat call."
+    )
     apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
 
     @field_validator("api_base", "proxy")
@@ -158,8 +164,15 @@ class _ConfigModel(BaseModel):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        problem = "must be an http:// or https:// URL without query, e.g. https://host"
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
-            raise ValueError("must be an http:// or https:// URL without query, e.g. https://host")
+            raise ValueError(problem)
+        try:
+            port = httpx.URL(value).port
+        except (httpx.InvalidURL, ValueError):
+            raise ValueError(problem) from None
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"port {port} is not between 1 and 65535")
         return value.rstrip("/")
 
 
@@ -188,9 +201,7 @@ class AppConfig:
     grant: Grant
     secret: Secret
     secret_source: str
-
-    def same_credentials(self, other: AppConfig) -> bool:
-        return (self.appid, self.grant, self.secret) == (other.appid, other.grant, other.secret)
+    api_base: str = DEFAULT_API_BASE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,8 +233,14 @@ def json_schema() -> dict[str, Any]:
     return _ConfigModel.model_json_schema()
 
 
-def load_config(path: Path | str, *, environ: dict[str, str] | None = None) -> Config:
-    """Read, validate and resolve ``path``; raise ConfigError listing every problem."""
+def load_config(
+    path: Path | str, *, environ: dict[str, str] | None = None, secrets: bool = True
+) -> Config:
+    """Read, validate and resolve ``path``; raise ConfigError listing every problem.
+
+    ``secrets=False`` is for commands that only read token files (``get``): they
+    run as a consumer, which must not need the AppSecrets or the file group.
+    """
     path = Path(path)
     env = os.environ if environ is None else environ
     loader = _Loader(path)
@@ -234,7 +251,12 @@ def load_config(path: Path | str, *, environ: dict[str, str] | None = None) -> C
         raise ConfigError(
             [loader.problem(_loc(e["loc"]), *_explain(e)) for e in exc.errors()]
         ) from None
-    return _Resolver(loader, model, env).resolve()
+    return _Resolver(loader, model, env, secrets=secrets).resolve()
+
+
+def _may_chown_to(gid: int) -> bool:
+    """Whether fchown(fd, -1, gid) can succeed for this process."""
+    return os.geteuid() == 0 or gid == os.getegid() or gid in os.getgroups()
 
 
 def _check_name(value: str) -> None:
@@ -266,8 +288,10 @@ def _explain(error: Any) -> tuple[str, str]:
     message = str(error["msg"]).removeprefix("Value error, ")
     if key == "secret_env" and kind == "string_pattern_mismatch":
         message = "is not an environment variable name"  # never echo: it may be the secret
-    if key in ("apps", "") and kind in ("list_type", "too_short", "model_type", "dict_type"):
-        return message, _FIXES["apps"] if key == "apps" else "the file must be a YAML mapping"
+    if loc == ("apps",) and kind in ("list_type", "too_short"):
+        return message, _FIXES["apps"]
+    if len(loc) == 2 and loc[0] == "apps" and kind in ("model_type", "dict_type"):
+        return "is not a mapping", "each app is a mapping with appid: and a secret source"
     return message, _FIXES.get(key, "")
 
 
@@ -340,6 +364,13 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *defaults` may be overridden by the mapping's own keys
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool | None):
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    "a key must be a plain word, not a list or mapping",
+                    key_node.start_mark,
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -352,9 +383,15 @@ class _Resolver:
     """The checks pydantic can't do: secrets, groups, duplicates, paths."""
 
     def __init__(
-        self, loader: _Loader, model: _ConfigModel, env: os._Environ[str] | dict[str, str]
+        self,
+        loader: _Loader,
+        model: _ConfigModel,
+        env: os._Environ[str] | dict[str, str],
+        *,
+        secrets: bool,
     ):
         self.loader = loader
+        self.secrets = secrets
         self.model = model
         self.env = env
         self.base = loader.path.absolute().parent
@@ -402,17 +439,17 @@ class _Resolver:
             )
             self._fail(where, problem, "set exactly one of secret_file, secret_env or secret")
             return None
-        secret = self._secret(where, app)
+        secret = self._secret(where, app) if self.secrets else ""
         if secret is None:
             return None
         source = sources[0]
-        detail = getattr(app, source) if source != "secret" else "in the config file"
         return AppConfig(
             appid=app.appid,
             name=name,
             grant=app.grant,
+            api_base=self.model.api_base,
             secret=Secret(secret),
-            secret_source=f"{source} {detail}"
+            secret_source=f"{source} {getattr(app, source)}"
             if source != "secret"
             else "secret: in the config file",
         )
@@ -448,7 +485,7 @@ class _Resolver:
             self._fail(
                 f"{where}.secret_file",
                 f"{path}: cannot read: {reason}",
-                "let the wxtokend user read it (e.g. chown root:wxtoken, chmod 0640)",
+                "let the user wxtokend runs as read it, and nobody else (chmod 0600)",
             )
             return None
         return self._clean_secret(f"{where}.secret_file", text, str(path))
@@ -493,16 +530,27 @@ class _Resolver:
         if group is None:
             return None
         if group.isdigit():
-            return int(group)
-        try:
-            return grp.getgrnam(group).gr_gid
-        except KeyError:
+            gid = int(group)
+        else:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                self._fail(
+                    "file_group",
+                    f"no group named {group!r} on this host",
+                    f"create it (groupadd --system {group}, or systemd-sysusers) or remove"
+                    " file_group",
+                )
+                return None
+        if self.secrets and not _may_chown_to(gid):
             self._fail(
                 "file_group",
-                f"no group named {group!r} on this host",
-                f"create it (groupadd --system {group}, or systemd-sysusers) or remove file_group",
+                f"this process (uid {os.geteuid()}) is not in group {group!r}, so it cannot give"
+                " token files to it",
+                f"run wxtokend as a member of {group} (systemd: Group= or SupplementaryGroups=)"
+                " or remove file_group",
             )
-            return None
+        return gid
 
     def _inline_secret_warning(self) -> None:
         inline = [

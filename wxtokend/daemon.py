@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from wxtokend.clock import Clock, SystemClock
 from wxtokend.config import AppConfig, Config
+from wxtokend.errors import OutputDirError
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.refresher import Refresher, TokenSource
 from wxtokend.schedule import Policy, Rng
@@ -69,7 +70,13 @@ class Daemon:
 
     def start(self) -> list[Refresher]:
         """Prepare the directory and adopt valid tokens left by an earlier run."""
-        removed = self.store.prepare()
+        try:
+            removed = self.store.prepare()
+        except OSError as exc:
+            raise OutputDirError(
+                f"output_dir {self.config.output_dir}: {exc.strerror} — create it writable for"
+                " the user wxtokend runs as (systemd: RuntimeDirectory=wxtoken)"
+            ) from None
         if removed:
             self._log.info("removed temp files left by a crash", files=removed)
         for refresher in self.refreshers.values():

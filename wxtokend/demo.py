@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -78,6 +79,8 @@ def run_demo(directory: Path) -> int:
     """Generate the demo config in ``directory`` and run both until Ctrl-C."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    # Tokens of an earlier demo came from an emulator that is gone: start clean.
+    shutil.rmtree(directory / "tokens", ignore_errors=True)
     # The config must name the emulator's port and the emulator must know the
     # config's apps: bind the port first, then write both.
     sock = socket.create_server(("127.0.0.1", 0))

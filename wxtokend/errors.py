@@ -5,6 +5,7 @@ The tree::
     WxTokendError
     ├── ConfigError               a config file can't be used: names file, key path, fix
     ├── StateFileError            a <name>.json left by an earlier run can't be reused
+    ├── OutputDirError            output_dir can't be created or written
     └── FetchError                WeChat gave no usable token (carries errcode + hint)
         ├── TransientError        -1, HTTP 5xx, timeouts, connection errors: back off, retry
         │   └── MalformedResponse 200 but not a usable token (garbage, truncated, bad fields)
@@ -30,6 +31,7 @@ __all__ = [
     "FetchError",
     "MalformedResponse",
     "MinuteQuotaError",
+    "OutputDirError",
     "StateFileError",
     "TransientError",
     "UnknownErrcodeError",
@@ -55,6 +57,10 @@ class ConfigError(WxTokendError):
 
 class StateFileError(WxTokendError):
     """A state file is corrupt or belongs to another app; it is ignored, never trusted."""
+
+
+class OutputDirError(WxTokendError):
+    """The token directory is unusable, so no token could ever reach a consumer."""
 
 
 class FetchError(WxTokendError):

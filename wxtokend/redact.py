@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 
 __all__ = ["Redactor", "Secret", "fingerprint"]
 
@@ -82,6 +81,3 @@ class Redactor:
         for value, label in self._odd.items():
             text = text.replace(value, label)
         return text
-
-    def scrub_all(self, texts: Iterable[str]) -> list[str]:
-        return [self.scrub(t) for t in texts]

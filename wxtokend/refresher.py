@@ -49,8 +49,14 @@ class AppStatus:
     hint: str | None
 
 
+_WRITE_HINT = "let the user wxtokend runs as write to output_dir (and be in file_group); retrying"
+
+
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return str(t)
 
 
 class Refresher:
@@ -82,6 +88,8 @@ class Refresher:
         self.failures = 0
         self.last_error: FetchError | None = None
         self._unsaved = False
+        self.write_failures = 0
+        self.write_error: str | None = None
 
     # -- state ---------------------------------------------------------------
 
@@ -91,13 +99,14 @@ class Refresher:
 
     def status(self) -> AppStatus:
         record, error = self.record, self.last_error
+        problem = str(error) if error else self.write_error
         state: State
         if record is None:
             state = "pending"
         elif not self.has_valid_token():
             state = "expired"
         else:
-            state = "failing" if error is not None else "ok"
+            state = "failing" if problem else "ok"
         return AppStatus(
             name=self.app.name,
             appid=self.app.appid,
@@ -107,8 +116,8 @@ class Refresher:
             fingerprint=fingerprint(record.access_token) if record else None,
             next_refresh=self.next_at,
             consecutive_failures=self.failures,
-            last_error=str(error) if error else None,
-            hint=error.hint if error else None,
+            last_error=problem,
+            hint=error.hint if error else (_WRITE_HINT if self.write_error else None),
         )
 
     # -- start ---------------------------------------------------------------
@@ -122,18 +131,29 @@ class Refresher:
             return False
         if record is None:
             return False
-        if (record.appid, record.grant) != (self.app.appid, self.app.grant):
+        if record.appid != self.app.appid:
+            # Another account's token must not be served under this app's name.
+            self._store.remove(self.app.name)
             self._log.warning(
-                "state file ignored",
-                reason=f"it belongs to appid {record.appid} / grant {record.grant}",
-                fix="it will be replaced",
+                "state file removed",
+                reason=f"it holds a token of appid {record.appid}, not {self.app.appid}",
+            )
+            return False
+        if (record.grant, record.api_base) != (self.app.grant, self.app.api_base):
+            self._log.warning(
+                "state file not reused",
+                reason=f"fetched with grant {record.grant} from {record.api_base or '?'}",
+                fix="a new token replaces it now",
             )
             return False
         now = self._clock.now()
         if record.expired or now >= record.expires_at:
             return False
         self.record = record
-        self.next_at = self._refresh_point(record, now)
+        self.next_at = self._planned = self._refresh_point(record, now)
+        if record.interrupted():
+            # WeChat may have issued a newer token, killing this one after ~5 minutes.
+            self.next_at = self._planned = now
         self._save(record)  # repairs a bare file left behind by a crash; no-op otherwise
         REDACTOR.register(f"token:{self.app.name}", record.access_token, label="<token>")
         self._log.info(
@@ -142,6 +162,7 @@ class Refresher:
             token=fingerprint(record.access_token),
             expires_in=int(record.expires_at - now),
             next_refresh=_iso(self.next_at),
+            interrupted_fetch=record.interrupted() or None,
         )
         return True
 
@@ -167,6 +188,8 @@ class Refresher:
         for attempt in range(attempts):
             if await self.refresh() and not self._unsaved:
                 return True
+            if self._unsaved:
+                break
             if not isinstance(self.last_error, TransientError) or attempt == attempts - 1:
                 break
             await self._clock.sleep(backoff(attempt + 1, self._rng, base=1.0, cap=5.0, floor=1.0))
@@ -175,6 +198,7 @@ class Refresher:
     async def refresh(self, *, force: bool = False) -> bool:
         """One fetch for this app (never two at once); True on success."""
         async with self._lock:
+            self._mark_refreshing()
             try:
                 async with self._semaphore:
                     token = await self._source.fetch_token(self.app, force=force)
@@ -204,7 +228,13 @@ class Refresher:
             )
             self._log_refresh("unchanged", token, now)
             return
-        record = Record.of(token, appid=self.app.appid, name=self.app.name, grant=self.app.grant)
+        record = Record.of(
+            token,
+            appid=self.app.appid,
+            name=self.app.name,
+            grant=self.app.grant,
+            api_base=self.app.api_base,
+        )
         REDACTOR.register(f"token:{self.app.name}", token.access_token, label="<token>")
         self.record = record
         self._planned = refresh_at(
@@ -215,8 +245,7 @@ class Refresher:
             rng=self._rng,
             policy=self._policy,
         )
-        self._write(record)
-        self._log_refresh("ok", token, now)
+        self._log_refresh("ok" if self._write(record) else "unsaved", token, now)
 
     def _failed(self, error: FetchError) -> None:
         now = self._clock.now()
@@ -262,34 +291,42 @@ class Refresher:
 
     # -- files ---------------------------------------------------------------
 
-    def _write(self, record: Record) -> None:
+    def _write(self, record: Record) -> bool:
         """Save, or keep the token in memory and retry the write soon (never refetch for it)."""
         if self._save(record):
             self._unsaved = False
-            self.failures = 0
+            self.write_failures = 0
+            self.write_error = None
             self.next_at = self._planned
-            return
+            return True
         self._unsaved = True
-        self.failures += 1
+        self.write_failures += 1
         self.next_at = self._clock.now() + backoff(
-            self.failures, self._rng, base=1.0, cap=30.0, floor=1.0
+            self.write_failures, self._rng, base=1.0, cap=30.0, floor=1.0
         )
+        return False
 
     def _save(self, record: Record) -> bool:
         try:
             self._store.save(record)
         except OSError as exc:
-            self._log.error(
-                "cannot write token files",
-                error=f"{exc.strerror}: {exc.filename}",
-                fix=f"let this user write to {self._store.directory}; retrying",
-            )
+            where = exc.filename or self._store.directory
+            self.write_error = f"cannot write token files: {exc.strerror} ({where})"
+            self._log.error("write failed", error=self.write_error, fix=_WRITE_HINT)
             return False
         return True
 
-    def _mark_if_expired(self) -> None:
+    def _mark_refreshing(self) -> None:
+        """Before a classic fetch, note it in the JSON: it will invalidate the current token."""
         record = self.record
-        if record is None or record.expired or self._clock.now() < record.expires_at:
+        if self.app.grant == "classic" and record is not None and not self._unsaved:
+            self._save(record.refreshing(self._clock.now()))
+
+    def _mark_if_expired(self, *, force: bool = False) -> None:
+        record = self.record
+        if record is None or record.expired:
+            return
+        if not force and self._clock.now() < record.expires_at:
             return
         self.record = record.as_expired()
         self._save(self.record)
@@ -301,14 +338,18 @@ class Refresher:
         )
 
     async def _sleep_until(self, at: float) -> None:
-        """Sleep until ``at``; wake at the token's expiry on the way to mark it."""
-        while (now := self._clock.now()) < at:
-            wake = at
-            record = self.record
-            if record is not None and not record.expired and record.expires_at < at:
-                wake = record.expires_at
-            await self._clock.sleep(wake - now)
-            self._mark_if_expired()
+        """Sleep until ``at``, waking at the token's expiry on the way to mark it.
+
+        The waits are computed once, up front: the sleep itself runs on the
+        monotonic clock, so a wall-clock step during it cannot stretch it.
+        """
+        now = self._clock.now()
+        record = self.record
+        if record is not None and not record.expired and now < record.expires_at < at:
+            await self._clock.sleep(record.expires_at - now)
+            self._mark_if_expired(force=True)
+            now = record.expires_at
+        await self._clock.sleep(at - now)
 
     def _refresh_point(self, record: Record, now: float) -> float:
         return refresh_at(

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import secrets
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from wxtokend.config import OUTPUT_DIR_MODE, Grant
@@ -40,13 +40,17 @@ class Record:
     appid: str
     name: str
     grant: Grant
-    access_token: str
+    access_token: str = field(repr=False)
     expires_at: int
     fetched_at: int
     expired: bool = False
+    api_base: str = ""
+    # Set just before a classic fetch: if the process dies before writing the
+    # result, WeChat may have issued a newer token that kills this one.
+    refresh_started_at: int | None = None
 
     @classmethod
-    def of(cls, token: Token, *, appid: str, name: str, grant: Grant) -> Record:
+    def of(cls, token: Token, *, appid: str, name: str, grant: Grant, api_base: str) -> Record:
         # Floor the expiry: a consumer trusting it must never overshoot.
         return cls(
             appid=appid,
@@ -55,10 +59,19 @@ class Record:
             access_token=token.access_token,
             expires_at=math.floor(token.expires_at),
             fetched_at=math.floor(token.fetched_at),
+            api_base=api_base,
         )
 
     def as_expired(self) -> Record:
         return replace(self, expired=True)
+
+    def refreshing(self, now: float) -> Record:
+        return replace(self, refresh_started_at=math.floor(now))
+
+    def interrupted(self) -> bool:
+        """A classic fetch started after this token and never finished."""
+        started = self.refresh_started_at
+        return started is not None and started >= self.fetched_at
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), ensure_ascii=True) + "\n").encode()
@@ -82,6 +95,9 @@ class Record:
         times = [raw.get("expires_at"), raw.get("fetched_at")]
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
             raise StateFileError("expires_at / fetched_at are not unix seconds")
+        started = raw.get("refresh_started_at")
+        if started is not None and (isinstance(started, bool) or not isinstance(started, int)):
+            raise StateFileError("refresh_started_at is not unix seconds")
         return cls(
             appid=raw["appid"],
             name=raw["name"],
@@ -90,6 +106,8 @@ class Record:
             expires_at=raw["expires_at"],
             fetched_at=raw["fetched_at"],
             expired=raw.get("expired") is True,
+            api_base=str(raw.get("api_base", "")),
+            refresh_started_at=started,
         )
 
 

@@ -7,11 +7,13 @@ It never retries: when to try again is the scheduler's decision.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 MAX_TOKEN_LENGTH: Final = 512
+# WeChat says "within 7200 s"; a lifetime beyond a day is a broken reply, and
+# trusting it would park the refresh loop for years.
+MAX_EXPIRES_IN: Final = 86400
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _WHITELIST_IP = re.compile(r"invalid ip ([0-9a-fA-F.:]+)")
 _CONSOLE = "mp.weixin.qq.com"
@@ -55,7 +60,7 @@ _NETWORK_HINT = (
 class Token:
     """A token as WeChat gave it; ``fetched_at`` is when the request was sent."""
 
-    access_token: str
+    access_token: str = field(repr=False)
     expires_in: int
     fetched_at: float
 
@@ -196,7 +201,7 @@ def is_valid_token(token: str) -> bool:
 
 
 def parse_token(body: Any, *, fetched_at: float) -> Token:
-    """Accept only a non-empty visible-ASCII token ≤ 512 chars with a positive int lifetime."""
+    """Accept only a non-empty visible-ASCII token ≤ 512 chars with a lifetime of 1 s to a day."""
     if not isinstance(body, dict):
         raise MalformedResponse("reply is JSON but not an object")
     token, expires_in = body.get("access_token"), body.get("expires_in")
@@ -206,6 +211,8 @@ def parse_token(body: Any, *, fetched_at: float) -> Token:
         raise MalformedResponse("access_token is not 1-512 visible ASCII characters")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
         raise MalformedResponse("expires_in is not a positive integer")
+    if expires_in > MAX_EXPIRES_IN:
+        raise MalformedResponse(f"expires_in {expires_in} is longer than a day")
     return Token(access_token=token, expires_in=expires_in, fetched_at=fetched_at)
 
 
@@ -225,6 +232,7 @@ class WeChatClient:
         on_request: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self._base = api_base.rstrip("/")
+        self._timeout = timeout
         self._clock = clock or SystemClock()
         self._redactor = redactor or Redactor()
         self._on_request = on_request
@@ -278,7 +286,12 @@ class WeChatClient:
         started = self._clock.now()
         error: FetchError
         try:
-            response = await self._http.send(request)
+            # httpx's timeout bounds each phase; this bounds the whole exchange, so a
+            # reply trickling in cannot hold a concurrency slot indefinitely.
+            async with asyncio.timeout(self._timeout):
+                response = await self._http.send(request)
+        except TimeoutError:
+            error = TransientError("timed out (whole request)", hint=_NETWORK_HINT)
         except httpx.TimeoutException as exc:
             error = TransientError(f"timed out ({type(exc).__name__})", hint=_NETWORK_HINT)
         except httpx.ProxyError as exc:
@@ -319,4 +332,7 @@ class WeChatClient:
 
     def _scrub(self, text: str, app: AppConfig) -> str:
         """Wire text made safe for messages: this app's secret and known tokens removed."""
-        return self._redactor.scrub(text.replace(app.secret.reveal(), "********"))[:300]
+        secret = app.secret.reveal()
+        for form in (secret, quote(secret, safe=""), quote_plus(secret)):
+            text = text.replace(form, "********")
+        return self._redactor.scrub(text)[:300]
