@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,23 +68,50 @@ def calls_per_lifetime(work: Path, *, lifetimes: int, apps_per_grant: int) -> li
     finally:
         daemon.kill()
         emu.close()
+    events = daemon_events(daemon)
     figures = []
     for grant, group, endpoint in (
         ("classic", classic, "token"),
         ("stable", stable, "stable_token"),
     ):
         calls = sum(stats.get(a.appid, {}).get(endpoint, 0) for a in group)
-        ratio = calls / len(group) / (elapsed / lifetime)
+        ratio = per_lifetime(events, [a.name for a in group], lifetime)
         figures.append(
             Figure(
                 f"upstream calls per app per lifetime ({grant})",
                 f"{ratio:.3f}",
                 "≤ 1.3 (minimum 1)",
-                f"{len(group)} apps, {elapsed / lifetime:.1f} lifetimes of {lifetime} s,"
-                f" {calls} calls",
+                f"{len(group)} apps, {elapsed / lifetime:.1f} lifetimes of {lifetime} s;"
+                f" emulator counted {calls / len(group) / (elapsed / lifetime):.3f}",
             )
         )
     return figures
+
+
+def daemon_events(daemon: DaemonProcess) -> dict[str, list[float]]:
+    """Per app, the times of its refresh attempts (one log event per upstream call)."""
+    times: dict[str, list[float]] = {}
+    for event in daemon.events():
+        if event.get("event") == "refresh" and event.get("outcome") != "reused":
+            stamp = datetime.fromisoformat(event["timestamp"]).timestamp()
+            times.setdefault(event["app"], []).append(stamp)
+    return times
+
+
+def per_lifetime(events: dict[str, list[float]], names: list[str], lifetime: float) -> float:
+    """Calls per lifetime from each app's own first-to-last span.
+
+    Counting calls in a fixed window is quantised: apps started together stay
+    in phase (stable jitter is a fraction of a second), so every app rounds the
+    same way. Intervals between an app's own calls have no such bias.
+    """
+    spans, intervals = 0.0, 0
+    for name in names:
+        stamps = sorted(events.get(name, []))[1:]  # the first fetch is not steady state
+        if len(stamps) >= 2:
+            spans += stamps[-1] - stamps[0]
+            intervals += len(stamps) - 1
+    return intervals / (spans / lifetime)
 
 
 def first_tokens(work: Path, *, n: int) -> list[Figure]:

@@ -142,6 +142,19 @@ class TestStableRefresh:
             )
             assert at - now == pytest.approx(expected)
 
+    def test_unchanged_near_expiry_keeps_tries_in_hand(self) -> None:
+        """With 6 s left and a 300 s window, the retry comes within a third of what is left."""
+        now = T0 + 7200 - 6
+        at = unchanged_retry_at(
+            now=now, fetched_at=T0, expires_at=T0 + 7200, rng=HIGH, policy=POLICY
+        )
+        assert at - now == pytest.approx(2.0)
+        late = T0 + 7200 - 1.5
+        at = unchanged_retry_at(
+            now=late, fetched_at=T0, expires_at=T0 + 7200, rng=HIGH, policy=POLICY
+        )
+        assert at - late == pytest.approx(1.0)  # never under the one-second floor
+
     def test_unchanged_before_window_aims_inside_it(self) -> None:
         """Same token before our window (clock ahead of WeChat's): aim inside the window."""
         now = T0 + 1000

@@ -34,6 +34,7 @@ __all__ = [
     "Policy",
     "Rng",
     "backoff",
+    "force_allowed_at",
     "next_minute",
     "next_quota_reset",
     "refresh_at",
@@ -101,7 +102,9 @@ def unchanged_retry_at(
             rng=rng,
             policy=policy,
         )
-    step = max(policy.min_delay, policy.stable_window / 30)
+    # WeChat's real window may be shorter than ours: keep several tries in hand
+    # before the token runs out rather than overshooting it.
+    step = min(max(policy.min_delay, window / 30), (expires_at - now) / 3)
     return now + max(policy.min_delay, step * rng.uniform(0.5, 1.0))
 
 
@@ -153,3 +156,20 @@ def retry_at(
         # Keep several tries in hand before the token consumers hold runs out.
         delay = min(delay, max(policy.min_delay, (expires_at - now) / 4))
     return now + delay
+
+
+def force_allowed_at(
+    now: float, used: list[float], *, daily: int = 20, interval: float = 30.0
+) -> float:
+    """When the next stable force_refresh is allowed (``now`` if it is).
+
+    WeChat allows 20 a day per app (the day turns at 00:00 Beijing time) and
+    ignores a force less than 30 s after the previous one.
+    """
+    day_start = next_quota_reset(now) - DAY
+    today = [t for t in used if t >= day_start]
+    if len(today) >= daily:
+        return next_quota_reset(now)
+    if today and now - max(today) < interval:
+        return max(today) + interval
+    return now

@@ -179,8 +179,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int, gid: int | None = None) 
     try:
         try:
             os.fchmod(fd, mode)  # the umask trimmed the mode given to open
-            if gid is not None:
-                os.fchown(fd, -1, gid)
+            if gid is not None and os.fstat(fd).st_gid != gid:
+                os.fchown(fd, -1, gid)  # skipped when already right: no chown privilege needed
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
