@@ -47,13 +47,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import anyio
-import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+
+from wxtokend.asgi import base_url, serve, tcp_listener
 
 __all__ = [
     "EmulatedApp",
@@ -578,31 +578,11 @@ class Emulator:
         Listens on ``sock`` when given (serve owns it from then on and closes it), otherwise
         binds ``config.host:config.port``.
         """
-        bound = sock if sock is not None else await _bind(self.config.host, self.config.port)
-        listener = _tcp_listener(bound)
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,  # leave the embedding process's logging setup alone
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            proxy_headers=False,  # the peer address is what the IP whitelist must see
-            timeout_graceful_shutdown=1,
+        listener = tcp_listener(
+            sock if sock is not None else await _bind(self.config.host, self.config.port)
         )
-        config.load()
-        # Driving the server's steps ourselves keeps uvicorn away from the process's signal
-        # handlers: whoever runs the emulator decides what SIGINT means.
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[listener])
-        try:
-            if ready is not None:
-                ready(_base_url(listener))
-            await server.main_loop()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await server.shutdown(sockets=[listener])
+        url = base_url(listener)
+        await serve(self.app, [listener], ready=(lambda: ready(url)) if ready else None)
 
     async def _token(self, request: Request) -> Response:
         query = request.query_params
@@ -690,21 +670,6 @@ async def _bind(host: str, port: int) -> socket.socket:
     family, *_, address = infos[0]
     # A deep backlog: the tests open a thousand connections at once.
     return socket.create_server(address[:2], family=family, backlog=4096)
-
-
-def _tcp_listener(sock: socket.socket) -> socket.socket:
-    """The same socket, reporting proto IPPROTO_TCP as the kernel knows it is.
-
-    asyncio sets TCP_NODELAY only on connections whose listener says IPPROTO_TCP, and
-    socket.create_server() says 0: without NODELAY every keep-alive response waits ~40 ms
-    for a delayed ACK.
-    """
-    return sock if sock.proto else socket.socket(fileno=sock.detach())
-
-
-def _base_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # --------------------------------------------------------------------------- configuration
