@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "iso"]
+
+
+def iso(t: float) -> str:
+    """Unix seconds as ISO 8601 UTC, for people; the number itself if out of range."""
+    try:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return str(t)
 
 
 class Clock(Protocol):

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,10 +23,12 @@ import httpx
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from wxtokend.asgi import Listen, parse_listen
 from wxtokend.errors import ConfigError
 from wxtokend.redact import Secret
 
 __all__ = [
+    "AdminConfig",
     "AppConfig",
     "Config",
     "Grant",
@@ -128,6 +130,42 @@ class _AppModel(BaseModel):
         return value
 
 
+class _AdminModel(BaseModel):
+    """The admin HTTP listener: health, metrics, status, passive refresh, SDK endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str | None = Field(
+        "127.0.0.1:9735",
+        description="host:port or unix:/path for the full admin API; null turns it off."
+        " It listens beyond loopback only if you write such an address here.",
+    )
+    probe_listen: str | None = Field(
+        None,
+        description="Optional second address serving only /healthz, /readyz and /metrics"
+        " (for kubelet probes and Prometheus on the pod IP).",
+    )
+    start_timeout: Duration = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="systemd READY=1 after this long even if some apps have no token yet.",
+    )
+    passive_min_interval: Duration = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="Passive refresh: at most one upstream refresh per app this often.",
+    )
+
+    @field_validator("listen", "probe_listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
 class _ConfigModel(BaseModel):
     """wxtokend configuration."""
 
@@ -157,6 +195,7 @@ class _ConfigModel(BaseModel):
     request_timeout: Duration = Field(
         10.0, ge=0.1, le=300, description="Timeout of one whole WeChat call."
     )
+    admin: _AdminModel = Field(default_factory=lambda: _AdminModel.model_validate({}))
     apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
 
     @field_validator("api_base", "proxy")
@@ -186,6 +225,10 @@ _FIXES = {
     "stable_renew_window": "use e.g. 300 or '5m'",
     "request_timeout": "use e.g. 10 or '10s'",
     "secret_env": "name the variable (e.g. WX_SHOP_SECRET), not its value",
+    "listen": "use e.g. 127.0.0.1:9735 or unix:/run/wxtoken/admin.sock",
+    "probe_listen": "use e.g. 0.0.0.0:9736",
+    "start_timeout": "use e.g. 60 or '1m'",
+    "passive_min_interval": "use e.g. 10 or '30s'",
     "max_concurrency": "use a whole number from 1 to 1024",
     "apps": "list at least one app under apps:",
     "appid": "copy the AppID from the WeChat console",
@@ -202,6 +245,26 @@ class AppConfig:
     secret: Secret
     secret_source: str
     api_base: str = DEFAULT_API_BASE
+    secret_file: Path | None = None  # watched for changes by the daemon
+
+    def fetches_like(self, other: AppConfig) -> bool:
+        """Whether a token fetched for ``other`` is this app's token too."""
+        return (self.appid, self.grant, self.secret, self.api_base) == (
+            other.appid,
+            other.grant,
+            other.secret,
+            other.api_base,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminConfig:
+    """Where the admin API listens and how it paces passive refreshes."""
+
+    listen: Listen | None = field(default_factory=lambda: parse_listen("127.0.0.1:9735"))
+    probe_listen: Listen | None = None
+    start_timeout: float = 60.0
+    passive_min_interval: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,7 +281,12 @@ class Config:
     stable_renew_window: float
     request_timeout: float
     apps: tuple[AppConfig, ...]
+    admin: AdminConfig = field(default_factory=AdminConfig)
     warnings: tuple[str, ...] = ()
+
+    def watched_files(self) -> list[Path]:
+        """The files whose change should reload the daemon: the config and secret files."""
+        return [self.path, *(a.secret_file for a in self.apps if a.secret_file)]
 
     def app(self, key: str) -> AppConfig | None:
         """The app whose name or appid is ``key``."""
@@ -416,7 +484,17 @@ class _Resolver:
             stable_renew_window=self.model.stable_renew_window,
             request_timeout=self.model.request_timeout,
             apps=tuple(a for a in apps if a is not None),
+            admin=self._admin(),
             warnings=tuple(self.warnings),
+        )
+
+    def _admin(self) -> AdminConfig:
+        admin = self.model.admin
+        return AdminConfig(
+            listen=parse_listen(admin.listen) if admin.listen else None,
+            probe_listen=parse_listen(admin.probe_listen) if admin.probe_listen else None,
+            start_timeout=admin.start_timeout,
+            passive_min_interval=admin.passive_min_interval,
         )
 
     def _fail(self, keypath: str, problem: str, fix: str) -> None:
@@ -448,6 +526,7 @@ class _Resolver:
             name=name,
             grant=app.grant,
             api_base=self.model.api_base,
+            secret_file=self.base / app.secret_file if app.secret_file else None,
             secret=Secret(secret),
             secret_source=f"{source} {getattr(app, source)}"
             if source != "secret"

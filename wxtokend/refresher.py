@@ -4,27 +4,48 @@ A :class:`Refresher` owns one app's token. It never has two fetches in flight
 (a lock), takes a slot of the daemon-wide semaphore only for the network call,
 and never touches the files except to replace a token with a newer one or to
 note in the JSON that the token expired without a replacement.
+
+It also answers *passive* refreshes — a consumer reporting that WeChat
+rejected the token — by compare-and-refresh: only a report naming the current
+token triggers a fetch, concurrent reports of the same token share it, and a
+per-app minimum interval bounds how often reports can cost an upstream call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from wxtokend.clock import Clock
+from wxtokend.clock import Clock, iso
 from wxtokend.config import AppConfig
 from wxtokend.errors import DailyQuotaError, FetchError, StateFileError, TransientError
 from wxtokend.logs import REDACTOR, get_logger
+from wxtokend.metrics import Metrics
 from wxtokend.redact import fingerprint
-from wxtokend.schedule import Policy, Rng, backoff, refresh_at, retry_at, unchanged_retry_at
+from wxtokend.schedule import (
+    Policy,
+    Rng,
+    backoff,
+    force_allowed_at,
+    refresh_at,
+    retry_at,
+    unchanged_retry_at,
+)
 from wxtokend.store import Record, TokenStore
 from wxtokend.wechat import Token
 
-__all__ = ["AppStatus", "Refresher", "TokenSource"]
+__all__ = ["AppStatus", "Passive", "Refresher", "TokenSource"]
 
 State = Literal["pending", "ok", "failing", "expired"]
+PassiveResult = Literal[
+    "refreshed", "newer", "rate_limited", "force_budget_spent", "failed", "no_token"
+]
+
+_WRITE_HINT = "let the user wxtokend runs as write to output_dir (and be in file_group); retrying"
+_STUCK_AFTER = 60.0  # seconds a loop may be late, or a fetch run beyond its timeout
 
 
 class TokenSource(Protocol):
@@ -49,14 +70,14 @@ class AppStatus:
     hint: str | None
 
 
-_WRITE_HINT = "let the user wxtokend runs as write to output_dir (and be in file_group); retrying"
+@dataclass(frozen=True, kw_only=True)
+class Passive:
+    """The answer to a passive refresh report."""
 
-
-def _iso(t: float) -> str:
-    try:
-        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
-    except (OverflowError, ValueError, OSError):
-        return str(t)
+    result: PassiveResult
+    status: AppStatus
+    retry_after: float | None = None
+    detail: str | None = None
 
 
 class Refresher:
@@ -72,6 +93,9 @@ class Refresher:
         rng: Rng,
         policy: Policy,
         semaphore: asyncio.Semaphore,
+        metrics: Metrics | None = None,
+        passive_min_interval: float = 10.0,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self._source = source
@@ -80,7 +104,11 @@ class Refresher:
         self._rng = rng
         self._policy = policy
         self._semaphore = semaphore
+        self._metrics = metrics or Metrics()
+        self._passive_min_interval = passive_min_interval
+        self._on_written = on_written
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
         self._log = get_logger(app=app.name, appid=app.appid, grant=app.grant)
         self.record: Record | None = None
         self.next_at = clock.now()
@@ -90,8 +118,15 @@ class Refresher:
         self._unsaved = False
         self.write_failures = 0
         self.write_error: str | None = None
+        self.busy_since: float | None = None
+        self._flights: dict[str, asyncio.Future[Passive]] = {}
+        self._last_passive = float("-inf")
+        self._forces: list[float] = []
 
     # -- state ---------------------------------------------------------------
+
+    def clock_now(self) -> float:
+        return self._clock.now()
 
     def has_valid_token(self) -> bool:
         record = self.record
@@ -119,6 +154,19 @@ class Refresher:
             last_error=problem,
             hint=error.hint if error else (_WRITE_HINT if self.write_error else None),
         )
+
+    def stuck(self, now: float, *, fetch_limit: float) -> str | None:
+        """Why this loop looks stuck (a fetch hanging, a wake-up long overdue), or None."""
+        if self.busy_since is not None and now - self.busy_since > fetch_limit + _STUCK_AFTER:
+            return f"a fetch has been running for {int(now - self.busy_since)} s"
+        if self.busy_since is None and now - self.next_at > _STUCK_AFTER:
+            return f"its refresh is {int(now - self.next_at)} s overdue"
+        return None
+
+    def reconfigure(self, app: AppConfig, *, policy: Policy) -> None:
+        """A reload kept this app's fetch settings: take its new details, keep the token."""
+        self.app = app
+        self._policy = policy
 
     # -- start ---------------------------------------------------------------
 
@@ -156,12 +204,14 @@ class Refresher:
             self.next_at = self._planned = now
         self._save(record)  # repairs a bare file left behind by a crash; no-op otherwise
         REDACTOR.register(f"token:{self.app.name}", record.access_token, label="<token>")
+        self._metrics.refresh(self.app.name, self.app.grant, "reused", None)
+        self._metrics.token(self.app.name, expires_at=record.expires_at)
         self._log.info(
             "refresh",
             outcome="reused",
             token=fingerprint(record.access_token),
             expires_in=int(record.expires_at - now),
-            next_refresh=_iso(self.next_at),
+            next_refresh=iso(self.next_at),
             interrupted_fetch=record.interrupted() or None,
         )
         return True
@@ -171,8 +221,8 @@ class Refresher:
     async def run(self) -> None:
         """Refresh forever; cancel the task to stop."""
         while True:
-            await self._sleep_until(self.next_at)
-            await self.step()
+            if await self._sleep_until(self.next_at):
+                await self.step()
 
     async def step(self) -> None:
         """Whatever is due now: retry a failed file write, or refresh."""
@@ -198,21 +248,105 @@ class Refresher:
     async def refresh(self, *, force: bool = False) -> bool:
         """One fetch for this app (never two at once); True on success."""
         async with self._lock:
-            self._mark_refreshing()
-            try:
-                async with self._semaphore:
-                    token = await self._source.fetch_token(self.app, force=force)
-            except FetchError as error:
-                self._failed(error)
-                return False
-            self._succeeded(token)
-            return True
+            return await self._fetch(force=force)
+
+    async def _fetch(self, *, force: bool) -> bool:
+        """The fetch itself; the caller holds the lock."""
+        self._mark_refreshing()
+        self.busy_since = self._clock.now()
+        try:
+            async with self._semaphore:
+                token = await self._source.fetch_token(self.app, force=force)
+        except FetchError as error:
+            self._failed(error)
+            return False
+        finally:
+            self.busy_since = None
+            self._wake.set()  # the schedule changed: a sleeping loop re-plans
+        self._succeeded(token)
+        return True
+
+    # -- passive refresh -----------------------------------------------------
+
+    async def report_rejected(
+        self, *, token: str | None = None, token_fingerprint: str | None = None
+    ) -> Passive:
+        """A consumer says WeChat rejected ``token``: compare-and-refresh."""
+        record = self.record
+        if record is None:
+            return self._passive("no_token", detail="no token yet: the first fetch is under way")
+        current = record.access_token
+        if token is not None and token != current:
+            return self._passive("newer", detail="a newer token is already in place")
+        if token is None and token_fingerprint != fingerprint(current):
+            return self._passive("newer", detail="a newer token is already in place")
+        flight = self._flights.get(current)
+        if flight is None:
+            now = self._clock.now()
+            wait = self._last_passive + self._passive_min_interval - now
+            if wait > 0:
+                return self._passive(
+                    "rate_limited",
+                    retry_after=wait,
+                    detail="this app was refreshed on a report moments ago",
+                )
+            self._last_passive = now
+            flight = asyncio.ensure_future(self._passive_refresh(current))
+            self._flights[current] = flight
+            flight.add_done_callback(lambda _: self._flights.pop(current, None))
+        answer = await asyncio.shield(flight)
+        self._metrics.passive(self.app.name, answer.result)
+        return answer
+
+    async def _passive_refresh(self, stale: str) -> Passive:
+        async with self._lock:
+            if self.record is None or self.record.access_token != stale:
+                return self._answer("newer", detail="replaced while this report waited")
+            if not await self._fetch(force=False):
+                return self._answer("failed", detail=str(self.last_error))
+            if self.record.access_token != stale:
+                return self._answer("refreshed")
+            # Stable grant: normal mode returned the same token, so WeChat still
+            # thinks it valid while a consumer saw it rejected: it really is dead.
+            return await self._force(stale)
+
+    async def _force(self, stale: str) -> Passive:
+        now = self._clock.now()
+        allowed = force_allowed_at(now, self._forces)
+        if allowed > now:
+            self._log.error(
+                "force_refresh budget spent: the rejected token stays until WeChat renews it",
+                allowed_at=iso(allowed),
+            )
+            return self._answer(
+                "force_budget_spent",
+                retry_after=allowed - now,
+                detail="WeChat allows 20 force refreshes a day, 30 s apart",
+            )
+        self._forces.append(now)
+        if not await self._fetch(force=True):
+            return self._answer("failed", detail=str(self.last_error))
+        if self.record is None or self.record.access_token == stale:
+            return self._answer("failed", detail="WeChat returned the same token to force_refresh")
+        return self._answer("refreshed")
+
+    def _passive(
+        self, result: PassiveResult, *, retry_after: float | None = None, detail: str | None = None
+    ) -> Passive:
+        self._metrics.passive(self.app.name, result)
+        return self._answer(result, retry_after=retry_after, detail=detail)
+
+    def _answer(
+        self, result: PassiveResult, *, retry_after: float | None = None, detail: str | None = None
+    ) -> Passive:
+        return Passive(result=result, status=self.status(), retry_after=retry_after, detail=detail)
 
     # -- outcomes ------------------------------------------------------------
 
     def _succeeded(self, token: Token) -> None:
         now = self._clock.now()
         self.failures, self.last_error = 0, None
+        self._metrics.failures(self.app.name, 0)
         previous = self.record
         if (
             previous is not None
@@ -245,7 +379,9 @@ class Refresher:
             rng=self._rng,
             policy=self._policy,
         )
-        self._log_refresh("ok" if self._write(record) else "unsaved", token, now)
+        saved = self._write(record)
+        self._metrics.token(self.app.name, expires_at=record.expires_at, fetched=now)
+        self._log_refresh("ok" if saved else "unsaved", token, now)
 
     def _failed(self, error: FetchError) -> None:
         now = self._clock.now()
@@ -260,11 +396,13 @@ class Refresher:
             policy=self._policy,
             expires_at=valid_until,
         )
+        self._metrics.refresh(self.app.name, self.app.grant, error.outcome, error.errcode)
+        self._metrics.failures(self.app.name, self.failures)
         log = self._log.warning if isinstance(error, TransientError) else self._log.error
         if isinstance(error, DailyQuotaError):
             self._log.error(
                 "daily quota used up: no more fetches for this app until the reset",
-                reset_at=_iso(self.next_at),
+                reset_at=iso(self.next_at),
             )
         log(
             "refresh",
@@ -273,19 +411,20 @@ class Refresher:
             error=str(error),
             hint=error.hint or None,
             attempt=self.failures,
-            next_refresh=_iso(self.next_at),
+            next_refresh=iso(self.next_at),
             token_valid_for=int(valid_until - now) if valid_until else 0,
         )
         self._mark_if_expired()
 
     def _log_refresh(self, outcome: str, token: Token, now: float) -> None:
+        self._metrics.refresh(self.app.name, self.app.grant, outcome, 0)
         self._log.info(
             "refresh",
             outcome=outcome,
             errcode=0,
             token=fingerprint(token.access_token),
             expires_in=token.expires_in,
-            next_refresh=_iso(self.next_at),
+            next_refresh=iso(self.next_at),
             next_refresh_in=round(self.next_at - now, 1),
         )
 
@@ -298,6 +437,8 @@ class Refresher:
             self.write_failures = 0
             self.write_error = None
             self.next_at = self._planned
+            if self._on_written is not None:
+                self._on_written()
             return True
         self._unsaved = True
         self.write_failures += 1
@@ -312,6 +453,7 @@ class Refresher:
         except OSError as exc:
             where = exc.filename or self._store.directory
             self.write_error = f"cannot write token files: {exc.strerror} ({where})"
+            self._metrics.write_error()
             self._log.error("write failed", error=self.write_error, fix=_WRITE_HINT)
             return False
         return True
@@ -337,19 +479,40 @@ class Refresher:
             hint=error.hint if error else None,
         )
 
-    async def _sleep_until(self, at: float) -> None:
-        """Sleep until ``at``, waking at the token's expiry on the way to mark it.
+    # -- sleeping ------------------------------------------------------------
 
-        The waits are computed once, up front: the sleep itself runs on the
-        monotonic clock, so a wall-clock step during it cannot stretch it.
+    async def _sleep_until(self, at: float) -> bool:
+        """Sleep until ``at``, marking the token on the way if it expires first.
+
+        Waits are computed once, up front, and slept on the monotonic clock, so a
+        wall-clock step cannot stretch them. Returns False if woken early because
+        the schedule changed (a passive refresh ran), so the caller re-plans.
         """
+        self._wake.clear()
         now = self._clock.now()
         record = self.record
         if record is not None and not record.expired and now < record.expires_at < at:
-            await self._clock.sleep(record.expires_at - now)
-            self._mark_if_expired(force=True)
+            if not await self._nap(record.expires_at - now):
+                return False
+            if self.record is record:
+                self._mark_if_expired(force=True)
             now = record.expires_at
-        await self._clock.sleep(at - now)
+        return await self._nap(at - now)
+
+    async def _nap(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless woken; True if the whole time passed."""
+        if seconds <= 0:
+            return not self._wake.is_set()
+        sleep = asyncio.ensure_future(self._clock.sleep(seconds))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            done, _ = await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, woken):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return sleep in done and woken not in done
 
     def _refresh_point(self, record: Record, now: float) -> float:
         return refresh_at(

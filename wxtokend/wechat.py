@@ -256,7 +256,7 @@ class WeChatClient:
             endpoint = "/cgi-bin/token"
             request = self._http.build_request(
                 "GET",
-                self._base + endpoint,
+                self._url(app, endpoint),
                 params={
                     "grant_type": "client_credential",
                     "appid": app.appid,
@@ -271,7 +271,7 @@ class WeChatClient:
                 "secret": app.secret.reveal(),
                 "force_refresh": force,
             }
-            request = self._http.build_request("POST", self._base + endpoint, json=payload)
+            request = self._http.build_request("POST", self._url(app, endpoint), json=payload)
         body = await self._exchange(request, app, endpoint)
         errcode = body.get("errcode") if isinstance(body, dict) else None
         if errcode is not None:
@@ -281,6 +281,11 @@ class WeChatClient:
                 errmsg = self._scrub(str(body.get("errmsg", "")), app)
                 raise error_for(errcode, errmsg, app)
         return parse_token(body, fetched_at=fetched_at)
+
+    def _url(self, app: AppConfig, endpoint: str) -> str:
+        """The app's own api_base (a reload may change it), else the client's default."""
+        base = app.api_base.rstrip("/") if app.api_base else self._base
+        return base + endpoint
 
     async def _exchange(self, request: httpx.Request, app: AppConfig, endpoint: str) -> Any:
         started = self._clock.now()

@@ -1,0 +1,79 @@
+"""Test doubles shared by the unit tests: a virtual clock and a scripted WeChat."""
+
+from __future__ import annotations
+
+import asyncio
+
+from wxtokend.config import AppConfig, Grant
+from wxtokend.errors import FetchError
+from wxtokend.wechat import Token
+
+T0 = 1_800_000_000.0
+
+
+class VirtualClock:
+    """Time that jumps instead of passing: sleeping costs nothing."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+class ScriptedWeChat:
+    """Answers like WeChat: classic issues anew, stable renews only inside the window.
+
+    ``failures`` maps a call number (1-based) to the error that call raises.
+    Every issued token is remembered with its expiry so tests can check validity.
+    """
+
+    def __init__(
+        self,
+        clock: VirtualClock,
+        *,
+        lifetime: int = 7200,
+        window: float = 300,
+        failures: dict[int, FetchError] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self.window = window
+        self.failures = failures or {}
+        self.calls: list[float] = []
+        self.expiry: dict[str, float] = {}
+        self.current: str | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gate: asyncio.Event | None = None
+        self.forced: list[float] = []
+
+    async def fetch_token(self, app: AppConfig, *, force: bool = False) -> Token:
+        now = self.clock.now()
+        self.calls.append(now)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if len(self.calls) in self.failures:
+                raise self.failures[len(self.calls)]
+            if force:
+                self.forced.append(now)
+                self.current = None  # force always issues a new token
+            return self._answer(app.grant, now)
+        finally:
+            self.in_flight -= 1
+
+    def _answer(self, grant: Grant, now: float) -> Token:
+        cur = self.current
+        if grant == "stable" and cur and self.expiry[cur] - now > self.window:
+            return Token(access_token=cur, expires_in=int(self.expiry[cur] - now), fetched_at=now)
+        token = f"TOKEN_{len(self.calls):06d}_" + "x" * 40
+        self.expiry[token] = now + self.lifetime
+        self.current = token
+        return Token(access_token=token, expires_in=self.lifetime, fetched_at=now)

@@ -1,0 +1,116 @@
+"""Prometheus metrics: what operators alert on.
+
+One registry per daemon (not prometheus-client's global one), so tests and
+embedded daemons never share counters. Labels are app names, grants, outcomes
+and errcodes only: never a token, a fingerprint or a secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The daemon's metrics, with one method per thing that happens."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._refresh = Counter(
+            "wxtokend_refresh",
+            "Refresh attempts by outcome (ok, reused, unchanged, transient, fatal, ...).",
+            ["app", "grant", "outcome", "errcode"],
+            registry=r,
+        )
+        self._upstream = Counter(
+            "wxtokend_upstream_requests",
+            "HTTP requests sent to WeChat's token endpoints.",
+            ["app", "endpoint"],
+            registry=r,
+        )
+        self._duration = Histogram(
+            "wxtokend_upstream_request_duration_seconds",
+            "Duration of requests to WeChat's token endpoints.",
+            ["endpoint"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self._expiry = Gauge(
+            "wxtokend_token_expiry_timestamp_seconds",
+            "When the token on disk expires (unix seconds).",
+            ["app"],
+            registry=r,
+        )
+        self._last_success = Gauge(
+            "wxtokend_last_success_timestamp_seconds",
+            "When the last refresh succeeded (unix seconds).",
+            ["app"],
+            registry=r,
+        )
+        self._failures = Gauge(
+            "wxtokend_consecutive_failures",
+            "Failed refresh attempts since the last success.",
+            ["app"],
+            registry=r,
+        )
+        self._write_errors = Counter(
+            "wxtokend_file_write_errors", "Token files that could not be written.", registry=r
+        )
+        self._passive = Counter(
+            "wxtokend_passive_refresh",
+            "Passive refresh reports (a consumer saw the token rejected) by result.",
+            ["app", "result"],
+            registry=r,
+        )
+        self._ready = Gauge(
+            "wxtokend_apps_ready", "Apps whose token on disk is valid right now.", registry=r
+        )
+        self._apps = Gauge("wxtokend_apps", "Apps configured.", registry=r)
+
+    def refresh(self, app: str, grant: str, outcome: str, errcode: int | None) -> None:
+        errcode_label = "" if errcode is None else str(errcode)
+        self._refresh.labels(app, grant, outcome, errcode_label).inc()
+
+    def upstream(self, app: str, endpoint: str, seconds: float) -> None:
+        self._upstream.labels(app, endpoint).inc()
+        self._duration.labels(endpoint).observe(seconds)
+
+    def token(self, app: str, *, expires_at: float, fetched: float | None = None) -> None:
+        self._expiry.labels(app).set(expires_at)
+        if fetched is not None:
+            self._last_success.labels(app).set(fetched)
+
+    def failures(self, app: str, count: int) -> None:
+        self._failures.labels(app).set(count)
+
+    def write_error(self) -> None:
+        self._write_errors.inc()
+
+    def passive(self, app: str, result: str) -> None:
+        self._passive.labels(app, result).inc()
+
+    def apps(self, *, configured: int, ready: int) -> None:
+        self._apps.set(configured)
+        self._ready.set(ready)
+
+    def forget(self, app: str) -> None:
+        """Drop a removed app's per-app gauges (its counters stay, as counters do)."""
+        for gauge in (self._expiry, self._last_success, self._failures):
+            with contextlib.suppress(KeyError):
+                gauge.remove(app)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
