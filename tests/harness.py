@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -126,12 +127,24 @@ class DaemonProcess:
         **settings: Any,
     ) -> None:
         self.directory = directory
+        self.api_base = api_base
+        self.config_path = directory / "config.yaml"
+        self.output_dir = directory / "tokens"
+        self.log_path = directory / "daemon.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.configure(apps, **settings)
+
+    def configure(self, apps: Iterable[TestApp], **settings: Any) -> None:
+        """Write the secret files and the config (atomically, as editors and kubelet do)."""
         self.apps = list(apps)
-        secrets_dir = directory / "secrets"
+        secrets_dir = self.directory / "secrets"
         secrets_dir.mkdir(parents=True, exist_ok=True)
         entries = []
         for app in self.apps:
-            (secrets_dir / app.name).write_text((app.daemon_secret or app.secret) + "\n")
+            secret = (app.daemon_secret or app.secret) + "\n"
+            secret_path = secrets_dir / app.name
+            if not secret_path.exists() or secret_path.read_text() != secret:
+                _replace(secret_path, secret)
             entries.append(
                 {
                     "appid": app.appid,
@@ -140,21 +153,23 @@ class DaemonProcess:
                     "secret_file": f"secrets/{app.name}",
                 }
             )
-        config = {"output_dir": "tokens", "api_base": api_base, **settings, "apps": entries}
-        self.config_path = directory / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.output_dir = directory / "tokens"
-        self.log_path = directory / "daemon.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        settings.setdefault("admin", {"listen": "127.0.0.1:0"})  # concurrent daemons never collide
+        config = {"output_dir": "tokens", "api_base": self.api_base, **settings, "apps": entries}
+        _replace(self.config_path, yaml.safe_dump(config))
 
-    def start(self, *extra: str) -> DaemonProcess:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> DaemonProcess:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             _python("run", "-c", str(self.config_path), *extra),
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         return self
+
+    def send(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A one-shot wxtokend command against this config (``check``, ``get``, ``run --once``)."""
@@ -187,6 +202,21 @@ class DaemonProcess:
         )
         return {n: self.token(n) or "" for n in names}
 
+    def admin_url(self, *, timeout: float = 20) -> str:
+        """The admin listener's base URL, from the daemon's "started" event."""
+
+        def started() -> str | None:
+            for event in self.events():
+                if event.get("event") == "started" and event.get("admin"):
+                    return str(event["admin"][0])
+            return None
+
+        return str(wait_for(started, timeout=timeout, what="the daemon's started event"))
+
+    def admin(self, *, timeout: float = 20) -> httpx.Client:
+        """An HTTP client for the admin listener."""
+        return httpx.Client(base_url=self.admin_url(timeout=timeout), timeout=30)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -218,9 +248,38 @@ class DaemonProcess:
             self._log.close()
 
 
+def _replace(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.new")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
 def temp_leftovers(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if ".tmp-" in p.name] if directory.exists() else []
 
 
 def environ_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+async def raw_post(url: str, path: str, body: bytes) -> tuple[int, bytes, float]:
+    """One POST on its own connection, as an independent consumer sends it.
+
+    (status, body, seconds). httpx's pool serialises a thousand concurrent requests
+    on the client side; a bare socket per request measures the server instead.
+    """
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    writer.write(request)
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    elapsed = time.perf_counter() - started
+    head, _, payload = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, payload, elapsed

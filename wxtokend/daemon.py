@@ -1,24 +1,44 @@
-"""Wiring: config → store + client → one refresher task per app, until told to stop."""
+"""Wiring: config → store + client → one refresher task per app, until told to stop.
+
+Around the refreshers: the admin listeners, systemd notification (READY once
+every app has a token, WATCHDOG while the loops are healthy, STATUS for
+``systemctl status``) and hot reload on SIGHUP or when the config or a secret
+file changes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
+import socket
 from collections.abc import Iterable
+from dataclasses import replace
 
+from starlette.applications import Starlette
+
+from wxtokend import asgi
+from wxtokend.admin import admin_app, probe_app
 from wxtokend.clock import Clock, SystemClock
-from wxtokend.config import AppConfig, Config
-from wxtokend.errors import OutputDirError
+from wxtokend.config import AppConfig, Config, load_config
+from wxtokend.errors import ConfigError, ListenError, OutputDirError
 from wxtokend.logs import REDACTOR, get_logger
+from wxtokend.metrics import Metrics
+from wxtokend.notify import Notifier
 from wxtokend.refresher import Refresher, TokenSource
 from wxtokend.schedule import Policy, Rng
 from wxtokend.store import TokenStore
+from wxtokend.watch import ConfigWatcher, content_fingerprint
 from wxtokend.wechat import WeChatClient
 
 __all__ = ["Daemon", "run_daemon"]
 
 _CRASH_PAUSE = 5.0
+_STATUS_EVERY = 30.0
+_RELOAD_SETTLE = 0.3  # editors and kubelet write in bursts: reload once per burst
+# Global settings a running daemon cannot change in place.
+_RESTART_ONLY = ("output_dir", "proxy", "request_timeout", "max_concurrency", "admin")
 
 
 class Daemon:
@@ -31,9 +51,12 @@ class Daemon:
         source: TokenSource | None = None,
         clock: Clock | None = None,
         rng: Rng | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier(None)
         self.store = TokenStore(
             directory=config.output_dir, file_mode=config.file_mode, gid=config.file_gid
         )
@@ -46,6 +69,7 @@ class Daemon:
                 max_connections=config.max_concurrency,
                 clock=self.clock,
                 redactor=REDACTOR,
+                on_request=self.metrics.upstream,
             )
             source = self._client
         self._source = source
@@ -53,20 +77,67 @@ class Daemon:
         self._policy = Policy(stable_window=config.stable_renew_window)
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._log = get_logger()
-        self.refreshers = {app.name: self._refresher(app) for app in config.apps}
+        self.refreshers: dict[str, Refresher] = {}
+        self._by_appid: dict[str, Refresher] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reload_requested = asyncio.Event()
+        self._reload_forced = False
+        self._written = asyncio.Event()
+        self._fingerprint = content_fingerprint(config.watched_files())
         for app in config.apps:
-            REDACTOR.register(f"secret:{app.name}", app.secret.reveal(), label="<secret>")
+            self._add(app)
 
-    def _refresher(self, app: AppConfig) -> Refresher:
-        return Refresher(
-            app,
-            source=self._source,
-            store=self.store,
-            clock=self.clock,
-            rng=self._rng,
-            policy=self._policy,
-            semaphore=self._semaphore,
-        )
+    # -- lookups for the admin API -------------------------------------------
+
+    def find(self, key: str) -> Refresher | None:
+        """The refresher of the app named ``key`` (or whose appid it is)."""
+        return self.refreshers.get(key) or self._by_appid.get(key)
+
+    def find_appid(self, appid: str) -> Refresher | None:
+        return self._by_appid.get(appid)
+
+    def readiness(self) -> dict[str, str]:
+        """Apps without a valid token on disk, and why."""
+        missing = {}
+        for name, refresher in self.refreshers.items():
+            if not refresher.has_valid_token() or refresher.write_error:
+                status = refresher.status()
+                missing[name] = status.last_error or status.state
+        return missing
+
+    def health(self) -> list[str]:
+        """Why the refresh machinery is unhealthy (dead or stuck loops); empty if fine."""
+        now = self.clock.now()
+        limit = self.config.request_timeout
+        problems = []
+        for name, task in self._tasks.items():
+            if task.done():
+                problems.append(f"{name}: its refresh loop has stopped")
+                continue
+            why = self.refreshers[name].stuck(now, fetch_limit=limit)
+            if why:
+                problems.append(f"{name}: {why}")
+        return problems
+
+    def update_gauges(self) -> None:
+        ready = len(self.refreshers) - len(self.readiness())
+        self.metrics.apps(configured=len(self.refreshers), ready=ready)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``."""
+        total, missing = len(self.refreshers), self.readiness()
+        if not missing:
+            soonest = min(self.refreshers.values(), key=lambda r: r.next_at, default=None)
+            if soonest is None:
+                return "no apps configured"
+            wait = max(0, int(soonest.next_at - self.clock.now()))
+            return f"{total} apps, all tokens valid; next refresh: {soonest.app.name} in {wait} s"
+        names = sorted(missing)
+        shown = ", ".join(f"{n} ({missing[n]})" for n in names[:3])
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        return f"{total - len(missing)}/{total} apps have a valid token; waiting for {shown}{more}"
+
+    # -- start and stop ------------------------------------------------------
 
     def start(self) -> list[Refresher]:
         """Prepare the directory and adopt valid tokens left by an earlier run."""
@@ -84,19 +155,34 @@ class Daemon:
         return list(self.refreshers.values())
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Refresh every app until ``stop`` is set."""
+        """Refresh every app, serve the admin API and follow the config until ``stop``."""
+        listeners = self._bind_listeners()
         refreshers = self.start()
         self._log.info(
             "started",
             apps=len(refreshers),
             output_dir=str(self.config.output_dir),
             api_base=self.config.api_base,
+            admin=[asgi.base_url(sock) for sock, _ in listeners],
         )
-        tasks = [asyncio.create_task(self._supervise(r), name=r.app.name) for r in refreshers]
+        for refresher in refreshers:
+            self._spawn(refresher)
+        watcher = ConfigWatcher(asyncio.get_running_loop(), self.request_reload)
+        watcher.watch(self.config.watched_files())
+        helpers = [
+            *(
+                asyncio.create_task(asgi.serve(app, [sock]), name="admin")
+                for sock, app in listeners
+            ),
+            asyncio.create_task(self._announce(), name="notify"),
+            asyncio.create_task(self._reloader(watcher), name="reload"),
+        ]
         try:
             await stop.wait()
         finally:
-            await _cancel(tasks)
+            self.notifier.stopping()
+            watcher.stop()
+            await _cancel([*helpers, *self._tasks.values()])
             await self.aclose()
             self._log.info("stopped")
 
@@ -118,6 +204,43 @@ class Daemon:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        self.notifier.close()
+
+    # -- refreshers ----------------------------------------------------------
+
+    def _add(self, app: AppConfig) -> Refresher:
+        refresher = Refresher(
+            app,
+            source=self._source,
+            store=self.store,
+            clock=self.clock,
+            rng=self._rng,
+            policy=self._policy,
+            semaphore=self._semaphore,
+            metrics=self.metrics,
+            passive_min_interval=self.config.admin.passive_min_interval,
+            on_written=self._written.set,
+        )
+        self.refreshers[app.name] = refresher
+        self._by_appid[app.appid] = refresher
+        REDACTOR.register(f"secret:{app.name}", app.secret.reveal(), label="<secret>")
+        return refresher
+
+    def _spawn(self, refresher: Refresher) -> None:
+        name = refresher.app.name
+        self._tasks[name] = asyncio.create_task(self._supervise(refresher), name=name)
+
+    async def _remove(self, name: str, *, delete_files: bool) -> None:
+        refresher = self.refreshers.pop(name)
+        self._by_appid.pop(refresher.app.appid, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            await _cancel([task])
+        if delete_files:
+            self.store.remove(name)
+            self.metrics.forget(name)
+        REDACTOR.forget(f"secret:{name}")
+        REDACTOR.forget(f"token:{name}")
 
     async def _supervise(self, refresher: Refresher) -> None:
         """Keep a refresher alive: a bug in one app's loop must not stop the others."""
@@ -130,6 +253,144 @@ class Daemon:
                 self._log.exception("refresh loop crashed; restarting", app=refresher.app.name)
                 await self.clock.sleep(_CRASH_PAUSE)
 
+    # -- admin listeners -----------------------------------------------------
+
+    def _bind_listeners(self) -> list[tuple[socket.socket, Starlette]]:
+        """Bind before anything starts, so a taken port fails the start with a clear line."""
+        admin = self.config.admin
+        wanted = [
+            (admin.listen, "listen", admin_app),
+            (admin.probe_listen, "probe_listen", probe_app),
+        ]
+        bound: list[tuple[socket.socket, Starlette]] = []
+        for listen, key, make_app in wanted:
+            if listen is None:
+                continue
+            try:
+                bound.append((asgi.bind(listen), make_app(self)))
+            except OSError as exc:
+                for sock, _ in bound:
+                    sock.close()
+                raise ListenError(
+                    f"admin.{key} {listen}: {exc.strerror} — pick another address, or set"
+                    f" admin.{key}: null to turn it off"
+                ) from None
+            if key == "listen" and not listen.is_loopback:
+                self._log.warning(
+                    "the admin API (passive refresh, SDK endpoints) listens beyond loopback",
+                    listen=str(listen),
+                    fix="keep it on loopback and use admin.probe_listen for probes",
+                )
+        return bound
+
+    # -- systemd -------------------------------------------------------------
+
+    async def _announce(self) -> None:
+        """READY=1 once every app has a token (or after start_timeout), then STATUS and WATCHDOG."""
+        await self._wait_until_ready(self.clock.now() + self.config.admin.start_timeout)
+        self.notifier.ready(self.status_line())
+        self._log.info("ready", status=self.status_line())
+        ping = self.notifier.watchdog_interval
+        step = min(ping, _STATUS_EVERY) if ping else _STATUS_EVERY
+        since_status = 0.0
+        while True:
+            await asyncio.sleep(step)
+            since_status += step
+            problems = self.health()
+            if ping and not problems:
+                self.notifier.watchdog()  # withheld while a loop is stuck: systemd restarts us
+            if problems:
+                self._log.error("unhealthy", problems=problems)
+            if since_status >= _STATUS_EVERY:
+                since_status = 0.0
+                self.notifier.status(self.status_line())
+
+    async def _wait_until_ready(self, deadline: float) -> None:
+        """Until every app has a token, woken by each token written, or until ``deadline``."""
+        while self.readiness():
+            left = deadline - self.clock.now()
+            if left <= 0:
+                return
+            self._written.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written.wait(), timeout=left)
+            # Let a burst of first tokens land before checking every app again.
+            await asyncio.sleep(0.05)
+
+    # -- reload --------------------------------------------------------------
+
+    def request_reload(self, *, forced: bool = False) -> None:
+        """From the file watcher, or SIGHUP (``forced``: always a full reload cycle)."""
+        self._reload_forced = self._reload_forced or forced
+        self._reload_requested.set()
+
+    async def _reloader(self, watcher: ConfigWatcher) -> None:
+        while True:
+            await self._reload_requested.wait()
+            await asyncio.sleep(_RELOAD_SETTLE)  # bursts of events coalesce into one reload
+            self._reload_requested.clear()
+            forced, self._reload_forced = self._reload_forced, False
+            await self.reload(watcher, forced=forced)
+
+    async def reload(self, watcher: ConfigWatcher | None = None, *, forced: bool = False) -> bool:
+        """Apply the config file as it is now; keep running on the old one if it is invalid."""
+        fingerprint = content_fingerprint(self.config.watched_files())
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            self._log.error("reload failed: keeping the old config", problems=exc.problems)
+            self.notifier.status("reload failed, running on the old config: " + exc.problems[0])
+            self._fingerprint = fingerprint
+            return False
+        new_fingerprint = content_fingerprint(new.watched_files())
+        if new_fingerprint == self._fingerprint and not forced:
+            return False  # an unrelated file in a watched directory changed
+        self.notifier.reloading()
+        for warning in new.warnings:
+            self._log.warning("config", problem=warning)
+        changes = await self._apply(new)
+        self._fingerprint = new_fingerprint
+        if watcher is not None:
+            watcher.watch(new.watched_files())
+        self._log.info("reloaded", **changes)
+        self.notifier.ready(self.status_line())
+        return True
+
+    async def _apply(self, new: Config) -> dict[str, list[str]]:
+        old = self.config
+        kept = [k for k in _RESTART_ONLY if getattr(old, k) != getattr(new, k)]
+        if kept:
+            self._log.warning("these settings need a restart to change", keys=kept)
+        self.store.file_mode, self.store.gid = new.file_mode, new.file_gid
+        self._policy = Policy(stable_window=new.stable_renew_window)
+        self.config = _with_runtime_settings(new, old)
+        old_apps = {a.name: a for a in old.apps}
+        new_apps = {a.name: a for a in new.apps}
+        removed = [n for n in old_apps if n not in new_apps]
+        added = [n for n in new_apps if n not in old_apps]
+        changed = [
+            n for n in new_apps if n in old_apps and not new_apps[n].fetches_like(old_apps[n])
+        ]
+        for name in removed:
+            await self._remove(name, delete_files=True)
+        for name in changed:
+            appid_changed = old_apps[name].appid != new_apps[name].appid
+            await self._remove(name, delete_files=appid_changed)
+            self._spawn(self._add(new_apps[name]))  # no adoption: refetch with the new settings
+        for name in added:
+            refresher = self._add(new_apps[name])
+            refresher.adopt_stored()
+            self._spawn(refresher)
+        for name, app in new_apps.items():
+            if name not in added and name not in changed:
+                self.refreshers[name].reconfigure(app, policy=self._policy)
+        return {"added": added, "removed": removed, "refetched": changed}
+
+
+def _with_runtime_settings(new: Config, old: Config) -> Config:
+    """The new config, but with the settings only a restart changes kept as they run."""
+    return replace(new, **{k: getattr(old, k) for k in _RESTART_ONLY})
+
 
 async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
     tasks = list(tasks)
@@ -140,12 +401,13 @@ async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
 
 async def run_daemon(config: Config, *, once: bool = False) -> int:
     """The ``wxtokend run`` entry point: returns the process exit code."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, notifier=Notifier.from_environ())
     if once:
         return 0 if await daemon.once() else 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: daemon.request_reload(forced=True))
     await daemon.run(stop)
     return 0

@@ -27,7 +27,13 @@ _STABLE_WINDOW = 15
 _APPS = (("shop", "wx5e1f00d5a1ce0001", "classic"), ("mini", "wx5e1f00d5a1ce0002", "stable"))
 
 
-def _write_config(directory: Path, api_base: str) -> tuple[Path, EmulatorConfig]:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_config(directory: Path, api_base: str, admin: str) -> tuple[Path, EmulatorConfig]:
     """Demo secrets, the config that points at the emulator, and the emulator's view."""
     secrets_dir = directory / "secrets"
     secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -49,6 +55,7 @@ def _write_config(directory: Path, api_base: str) -> tuple[Path, EmulatorConfig]
             'file_mode: "0640"',
             f"api_base: {api_base}",
             f"stable_renew_window: {_STABLE_WINDOW}",
+            f"admin: {{listen: '{admin}'}}",
             "apps:",
             *lines,
             "",
@@ -61,7 +68,7 @@ def _write_config(directory: Path, api_base: str) -> tuple[Path, EmulatorConfig]
     )
 
 
-def _banner(directory: Path, api_base: str) -> str:
+def _banner(directory: Path, api_base: str, admin: str) -> str:
     d = directory
     return f"""
 wxtokend demo — emulator at {api_base}, tokens in {d}/tokens (lifetime {_LIFETIME} s)
@@ -69,6 +76,8 @@ wxtokend demo — emulator at {api_base}, tokens in {d}/tokens (lifetime {_LIFET
   cat {d}/tokens/shop               # classic grant, replaced every ~48 s
   cat {d}/tokens/mini.json          # stable grant, with its expiry
   curl "{api_base}/cgi-bin/getcallbackip?access_token=$(cat {d}/tokens/shop)"
+  curl http://{admin}/v1/apps        # status, fingerprints, errors with hints
+  curl http://{admin}/metrics        # Prometheus
   wxtokend check -c {d}/config.yaml
 
 Ctrl-C stops both.
@@ -85,9 +94,10 @@ def run_demo(directory: Path) -> int:
     # config's apps: bind the port first, then write both.
     sock = socket.create_server(("127.0.0.1", 0))
     api_base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config_path, emulator_config = _write_config(directory, api_base)
+    admin = f"127.0.0.1:{_free_port()}"
+    config_path, emulator_config = _write_config(directory, api_base, admin)
     config = load_config(config_path)
-    print(_banner(_shown(directory), api_base), flush=True)
+    print(_banner(_shown(directory), api_base, admin), flush=True)
     return asyncio.run(_serve(config, Emulator(emulator_config), sock))
 
 

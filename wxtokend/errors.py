@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError               a config file can't be used: names file, key path, fix
     ├── StateFileError            a <name>.json left by an earlier run can't be reused
     ├── OutputDirError            output_dir can't be created or written
+    ├── ListenError               an admin address can't be listened on
     └── FetchError                WeChat gave no usable token (carries errcode + hint)
         ├── TransientError        -1, HTTP 5xx, timeouts, connection errors: back off, retry
         │   └── MalformedResponse 200 but not a usable token (garbage, truncated, bad fields)
@@ -29,6 +30,7 @@ __all__ = [
     "DailyQuotaError",
     "FatalConfigError",
     "FetchError",
+    "ListenError",
     "MalformedResponse",
     "MinuteQuotaError",
     "OutputDirError",
@@ -61,6 +63,10 @@ class StateFileError(WxTokendError):
 
 class OutputDirError(WxTokendError):
     """The token directory is unusable, so no token could ever reach a consumer."""
+
+
+class ListenError(WxTokendError):
+    """An admin address is taken or forbidden: probes and SDKs would find nobody there."""
 
 
 class FetchError(WxTokendError):

@@ -1,0 +1,417 @@
+"""The admin API in-process: health, readiness, metrics, status, passive refresh, SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fakes import ScriptedWeChat, VirtualClock
+
+from wxtokend.admin import admin_app, probe_app
+from wxtokend.config import AdminConfig, AppConfig, Config, Grant
+from wxtokend.daemon import Daemon
+from wxtokend.redact import Secret, fingerprint
+
+SHOP_SECRET = "SHOPSECRET0123456789abcdef012345"
+MINI_SECRET = "MINISECRET0123456789abcdef012345"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_app(name: str, grant: Grant, n: int, secret: str) -> AppConfig:
+    return AppConfig(
+        appid=f"wx{n:016x}",
+        name=name,
+        grant=grant,
+        secret=Secret(secret),
+        secret_source=f"secret_file /etc/wxtokend/secrets/{name}",
+    )
+
+
+SHOP = make_app("shop", "classic", 1, SHOP_SECRET)
+MINI = make_app("mini", "stable", 2, MINI_SECRET)
+
+
+class World:
+    """A daemon on a virtual clock with a scripted WeChat, and clients for both apps."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = VirtualClock()
+        self.wechat = ScriptedWeChat(self.clock)
+        config = Config(
+            path=tmp_path / "config.yaml",
+            output_dir=tmp_path / "tokens",
+            file_mode=0o640,
+            file_gid=None,
+            api_base="https://api.weixin.qq.com",
+            proxy=None,
+            max_concurrency=16,
+            stable_renew_window=300,
+            request_timeout=10,
+            apps=(SHOP, MINI),
+            admin=AdminConfig(listen=None, passive_min_interval=10),
+        )
+        self.daemon = Daemon(config, source=self.wechat, clock=self.clock)
+        self.daemon.start()
+        self.admin = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=admin_app(self.daemon)), base_url="http://admin"
+        )
+        self.probe = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=probe_app(self.daemon)), base_url="http://probe"
+        )
+
+    async def fetch_all(self) -> None:
+        for refresher in self.daemon.refreshers.values():
+            assert await refresher.refresh()
+
+    def token(self, name: str) -> str:
+        record = self.daemon.refreshers[name].record
+        assert record is not None
+        return record.access_token
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    w = World(tmp_path)
+    yield w
+    await w.admin.aclose()
+    await w.probe.aclose()
+
+
+@pytest.mark.anyio
+class TestProbes:
+    """Health, readiness and metrics, on both listeners."""
+
+    async def test_ready_only_when_every_app_has_a_token(self, world: World) -> None:
+        """readyz is 503 naming the apps without a token, then 200 once all have one."""
+        answer = await world.probe.get("/readyz")
+        assert answer.status_code == 503
+        assert set(answer.json()["apps"]) == {"shop", "mini"}
+        await world.daemon.refreshers["shop"].refresh()
+        assert set((await world.probe.get("/readyz")).json()["apps"]) == {"mini"}
+        await world.fetch_all()
+        answer = await world.probe.get("/readyz")
+        assert (answer.status_code, answer.json()) == (200, {"status": "ready", "apps": 2})
+
+    async def test_expired_token_is_not_ready(self, world: World) -> None:
+        """An expired token makes readyz 503 again."""
+        await world.fetch_all()
+        world.clock.t += 7201
+        assert (await world.probe.get("/readyz")).status_code == 503
+
+    async def test_healthz_fails_for_a_stuck_fetch(self, world: World) -> None:
+        """A fetch hanging far beyond its timeout makes healthz 503 with the reason."""
+        world.daemon._tasks["shop"] = asyncio.create_task(asyncio.sleep(3600))
+        world.wechat.gate = asyncio.Event()
+        hung = asyncio.create_task(world.daemon.refreshers["shop"].refresh())
+        await asyncio.sleep(0)
+        assert (await world.probe.get("/healthz")).status_code == 200
+        world.clock.t += 500
+        answer = await world.probe.get("/healthz")
+        assert answer.status_code == 503
+        assert "shop: a fetch has been running for 500 s" in answer.json()["problems"]
+        world.wechat.gate.set()
+        await hung
+        world.daemon._tasks["shop"].cancel()
+
+    async def test_healthz_fails_for_a_dead_loop(self, world: World) -> None:
+        """A refresh loop that ended makes healthz 503."""
+        done = asyncio.create_task(asyncio.sleep(0))
+        await done
+        world.daemon._tasks["mini"] = done
+        answer = await world.probe.get("/healthz")
+        assert answer.status_code == 503
+        assert answer.json()["problems"] == ["mini: its refresh loop has stopped"]
+
+    async def test_metrics_have_conventional_names_and_no_secrets(self, world: World) -> None:
+        """/metrics exposes the documented series and never a token or secret."""
+        await world.fetch_all()
+        await world.admin.post("/v1/apps/shop/refresh", json={"access_token": "old-one"})
+        text = (await world.probe.get("/metrics")).text
+        for name in (
+            "wxtokend_refresh_total",
+            "wxtokend_token_expiry_timestamp_seconds",
+            "wxtokend_last_success_timestamp_seconds",
+            "wxtokend_consecutive_failures",
+            "wxtokend_file_write_errors_total",
+            "wxtokend_passive_refresh_total",
+            "wxtokend_apps_ready",
+        ):
+            assert name in text
+        assert (
+            'wxtokend_refresh_total{app="shop",errcode="0",grant="classic",outcome="ok"} 1.0'
+            in text
+        )
+        assert 'wxtokend_passive_refresh_total{app="shop",result="newer"} 1.0' in text
+        for secret in (world.token("shop"), world.token("mini"), SHOP_SECRET, MINI_SECRET):
+            assert secret not in text
+        assert fingerprint(world.token("shop")) not in text
+
+    async def test_probe_listener_serves_no_api(self, world: World) -> None:
+        """The probe app has no status, refresh or SDK endpoints."""
+        for path in ("/v1/apps", "/cgi-bin/token"):
+            assert (await world.probe.get(path)).status_code == 404
+
+
+@pytest.mark.anyio
+class TestStatus:
+    """/v1/apps shows each app's state with fingerprints, never tokens."""
+
+    async def test_apps_listing(self, world: World) -> None:
+        """Every app with its state, fingerprint and expiry; no token value anywhere."""
+        await world.daemon.refreshers["shop"].refresh()
+        answer = await world.admin.get("/v1/apps")
+        apps = {a["name"]: a for a in answer.json()["apps"]}
+        assert apps["shop"]["state"] == "ok"
+        assert apps["shop"]["fingerprint"] == fingerprint(world.token("shop"))
+        assert apps["shop"]["expires_in"] == 7200
+        assert apps["mini"]["state"] == "pending"
+        assert world.token("shop") not in answer.text
+
+    async def test_one_app_by_name_or_appid(self, world: World) -> None:
+        """An app can be addressed by name or appid; an unknown one is a 404 listing names."""
+        assert (await world.admin.get("/v1/apps/shop")).json()["appid"] == SHOP.appid
+        assert (await world.admin.get(f"/v1/apps/{SHOP.appid}")).json()["name"] == "shop"
+        missing = await world.admin.get("/v1/apps/nope")
+        assert missing.status_code == 404
+        assert missing.json()["apps"] == ["mini", "shop"]
+
+
+@pytest.mark.anyio
+class TestPassiveRefresh:
+    """POST /v1/apps/{name}/refresh: compare-and-refresh."""
+
+    async def test_current_token_is_refreshed_once(self, world: World) -> None:
+        """Reporting the current token replaces it with one upstream call."""
+        await world.fetch_all()
+        stale, calls = world.token("shop"), len(world.wechat.calls)
+        answer = await world.admin.post("/v1/apps/shop/refresh", json={"access_token": stale})
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["result"] == "refreshed"
+        assert len(world.wechat.calls) == calls + 1
+        assert world.token("shop") != stale
+        assert body["app"]["fingerprint"] == fingerprint(world.token("shop"))
+        assert stale not in answer.text
+        assert world.token("shop") not in answer.text
+
+    async def test_older_token_answers_at_once(self, world: World) -> None:
+        """Reporting a token that is no longer current costs nothing and names the newer one."""
+        await world.fetch_all()
+        calls = len(world.wechat.calls)
+        answer = await world.admin.post("/v1/apps/shop/refresh", json={"access_token": "OLDER"})
+        assert (answer.status_code, answer.json()["result"]) == (200, "newer")
+        assert answer.json()["app"]["expires_at"] is not None
+        assert len(world.wechat.calls) == calls
+
+    async def test_fingerprint_is_enough(self, world: World) -> None:
+        """The report may carry the token's fingerprint instead of the token."""
+        await world.fetch_all()
+        fp = fingerprint(world.token("shop"))
+        answer = await world.admin.post("/v1/apps/shop/refresh", json={"fingerprint": fp})
+        assert answer.json()["result"] == "refreshed"
+
+    async def test_storm_of_one_thousand_is_one_call(self, world: World) -> None:
+        """1,000 concurrent reports of the same stale token: one upstream call, one answer."""
+        await world.fetch_all()
+        stale, calls = world.token("shop"), len(world.wechat.calls)
+        world.wechat.gate = asyncio.Event()  # hold the fetch so every report arrives first
+        reports = [
+            asyncio.create_task(
+                world.admin.post("/v1/apps/shop/refresh", json={"access_token": stale})
+            )
+            for _ in range(1000)
+        ]
+        await asyncio.sleep(0.2)
+        world.wechat.gate.set()
+        answers = await asyncio.gather(*reports)
+        assert len(world.wechat.calls) == calls + 1
+        results = {
+            (a.status_code, a.json()["result"], a.json()["app"]["fingerprint"]) for a in answers
+        }
+        assert results == {(200, "refreshed", fingerprint(world.token("shop")))}
+
+    async def test_rate_limited_per_app(self, world: World) -> None:
+        """A second refresh on a report within passive_min_interval is refused with Retry-After."""
+        await world.fetch_all()
+        await world.admin.post("/v1/apps/shop/refresh", json={"access_token": world.token("shop")})
+        world.clock.t += 3
+        again = await world.admin.post(
+            "/v1/apps/shop/refresh", json={"access_token": world.token("shop")}
+        )
+        assert again.status_code == 429
+        assert again.json()["result"] == "rate_limited"
+        assert again.headers["Retry-After"] == "7"
+        world.clock.t += 8
+        later = await world.admin.post(
+            "/v1/apps/shop/refresh", json={"access_token": world.token("shop")}
+        )
+        assert later.json()["result"] == "refreshed"
+
+    async def test_stable_same_token_forces(self, world: World) -> None:
+        """Stable: when normal mode returns the rejected token, force_refresh replaces it."""
+        await world.fetch_all()
+        stale = world.token("mini")
+        answer = await world.admin.post("/v1/apps/mini/refresh", json={"access_token": stale})
+        assert answer.json()["result"] == "refreshed"
+        assert len(world.wechat.forced) == 1
+        assert world.token("mini") != stale
+
+    async def test_stable_force_budget(self, world: World) -> None:
+        """Force refreshes keep WeChat's budget: 30 s apart and 20 a day, then a clear 429."""
+        await world.fetch_all()
+        results = []
+        for _ in range(22):
+            answer = await world.admin.post(
+                "/v1/apps/mini/refresh", json={"access_token": world.token("mini")}
+            )
+            results.append(answer.json()["result"])
+            world.clock.t += 31
+        assert results[:20] == ["refreshed"] * 20
+        assert results[20:] == ["force_budget_spent"] * 2
+        assert len(world.wechat.forced) == 20
+        spent = await world.admin.post(
+            "/v1/apps/mini/refresh", json={"access_token": world.token("mini")}
+        )
+        assert spent.status_code == 429
+        assert "20 force refreshes a day" in spent.json()["detail"]
+
+    async def test_stable_force_interval(self, world: World) -> None:
+        """Two forces less than 30 s apart: the second waits, with Retry-After."""
+        await world.fetch_all()
+        world.daemon.refreshers["mini"]._passive_min_interval = 1
+        first = await world.admin.post(
+            "/v1/apps/mini/refresh", json={"access_token": world.token("mini")}
+        )
+        world.clock.t += 5
+        second = await world.admin.post(
+            "/v1/apps/mini/refresh", json={"access_token": world.token("mini")}
+        )
+        assert first.json()["result"] == "refreshed"
+        assert second.json()["result"] == "force_budget_spent"
+        assert second.json()["retry_after"] == 25.0
+
+    async def test_failure_is_reported(self, world: World) -> None:
+        """An upstream failure answers 502 with the error, and the old token stays."""
+        from wxtokend.errors import TransientError
+
+        await world.fetch_all()
+        stale = world.token("shop")
+        world.wechat.failures[len(world.wechat.calls) + 1] = TransientError("HTTP 502 from WeChat")
+        answer = await world.admin.post("/v1/apps/shop/refresh", json={"access_token": stale})
+        assert answer.status_code == 502
+        assert answer.json()["result"] == "failed"
+        assert "HTTP 502" in answer.json()["detail"]
+        assert world.token("shop") == stale
+
+    @pytest.mark.parametrize(
+        "body",
+        [b"", b"not json", b"[]", b'{"access_token": ""}', b'{"fingerprint": "abc"}', b"{}"],
+    )
+    async def test_bad_body(self, world: World, body: bytes) -> None:
+        """A report without a token or 8-digit fingerprint is a 400 that says what to send."""
+        await world.fetch_all()
+        answer = await world.admin.post("/v1/apps/shop/refresh", content=body)
+        assert answer.status_code == 400
+        assert "access_token" in answer.json()["error"]
+
+    async def test_no_token_yet(self, world: World) -> None:
+        """Before the first token a report answers 503: the first fetch is under way."""
+        answer = await world.admin.post("/v1/apps/shop/refresh", json={"access_token": "x"})
+        assert (answer.status_code, answer.json()["result"]) == (503, "no_token")
+
+
+@pytest.mark.anyio
+class TestSdkEndpoints:
+    """/cgi-bin/token and /cgi-bin/stable_token, called the way SDKs call WeChat."""
+
+    async def test_classic_get_returns_managed_token(self, world: World) -> None:
+        """WxJava-style GET gets the managed token and its real remaining lifetime."""
+        await world.fetch_all()
+        world.clock.t += 100
+        calls = len(world.wechat.calls)
+        answer = await world.admin.get(
+            "/cgi-bin/token",
+            params={"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET},
+        )
+        assert answer.json() == {"access_token": world.token("shop"), "expires_in": 7100}
+        assert len(world.wechat.calls) == calls  # never a new classic fetch
+
+    async def test_stable_post_returns_managed_token(self, world: World) -> None:
+        """The stable endpoint answers with the same managed token."""
+        await world.fetch_all()
+        answer = await world.admin.post(
+            "/cgi-bin/stable_token",
+            json={"grant_type": "client_credential", "appid": MINI.appid, "secret": MINI_SECRET},
+        )
+        assert answer.json() == {"access_token": world.token("mini"), "expires_in": 7200}
+
+    @pytest.mark.parametrize(
+        ("params", "errcode"),
+        [
+            ({"grant_type": "client_credential", "appid": "wxunknown", "secret": "x"}, 40013),
+            ({"grant_type": "client_credential", "appid": SHOP.appid, "secret": "wrong"}, 40125),
+            (
+                {
+                    "grant_type": "client_credential",
+                    "appid": SHOP.appid,
+                    "secret": SHOP_SECRET[:-1],
+                },
+                40125,
+            ),
+            ({"grant_type": "client_credential", "secret": "x"}, 41002),
+            ({"grant_type": "client_credential", "appid": SHOP.appid}, 41004),
+            ({"grant_type": "password", "appid": SHOP.appid, "secret": SHOP_SECRET}, 40002),
+        ],
+    )
+    async def test_wechat_errcodes(
+        self, world: World, params: dict[str, str], errcode: int
+    ) -> None:
+        """Bad requests get WeChat's own errcodes, never the token."""
+        await world.fetch_all()
+        answer = await world.admin.get("/cgi-bin/token", params=params)
+        assert answer.json()["errcode"] == errcode
+        assert "access_token" not in answer.json()
+
+    async def test_wrong_methods_and_bodies(self, world: World) -> None:
+        """POST to the classic path and GET to the stable one are 43002; non-JSON is 47001."""
+        assert (await world.admin.post("/cgi-bin/token")).json()["errcode"] == 43002
+        assert (await world.admin.get("/cgi-bin/stable_token")).json()["errcode"] == 43002
+        bad = await world.admin.post("/cgi-bin/stable_token", content=b"appid=x")
+        assert bad.json()["errcode"] == 47001
+
+    async def test_no_token_yet_is_system_busy(self, world: World) -> None:
+        """Before the first token, SDKs get -1 (system busy), which they retry."""
+        answer = await world.admin.get(
+            "/cgi-bin/token",
+            params={"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET},
+        )
+        assert answer.json()["errcode"] == -1
+
+    async def test_force_refresh_is_debounced(self, world: World) -> None:
+        """force_refresh on a brand-new token returns it; on an older one, refreshes once."""
+        await world.fetch_all()
+        body = {
+            "grant_type": "client_credential",
+            "appid": MINI.appid,
+            "secret": MINI_SECRET,
+            "force_refresh": True,
+        }
+        calls = len(world.wechat.calls)
+        fresh = await world.admin.post("/cgi-bin/stable_token", json=body)
+        assert len(world.wechat.calls) == calls
+        assert fresh.json()["access_token"] == world.token("mini")
+        world.clock.t += 60
+        stale = world.token("mini")
+        answers = await asyncio.gather(
+            *(world.admin.post("/cgi-bin/stable_token", json=body) for _ in range(50))
+        )
+        assert world.token("mini") != stale
+        assert {a.json()["access_token"] for a in answers} == {world.token("mini")}
+        assert len(world.wechat.forced) == 1

@@ -1,0 +1,160 @@
+"""The admin HTTP API: health, readiness, metrics, status and passive refresh.
+
+Two Starlette apps over one daemon: :func:`admin_app` (everything, including
+the SDK drop-in endpoints of :mod:`wxtokend.sdk`) for ``admin.listen``, which
+defaults to loopback; and :func:`probe_app` (health, readiness, metrics only)
+for ``admin.probe_listen``, which may face a pod network. No endpoint of
+either shows a token; status pages show fingerprints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from wxtokend.clock import iso
+from wxtokend.metrics import CONTENT_TYPE
+from wxtokend.refresher import AppStatus, Passive
+from wxtokend.sdk import sdk_routes
+
+if TYPE_CHECKING:
+    from wxtokend.daemon import Daemon
+
+__all__ = ["admin_app", "describe", "probe_app"]
+
+_PASSIVE_STATUS = {
+    "refreshed": 200,
+    "newer": 200,
+    "rate_limited": 429,
+    "force_budget_spent": 429,
+    "failed": 502,
+    "no_token": 503,
+}
+
+
+def describe(status: AppStatus, now: float) -> dict[str, Any]:
+    """An app's status as JSON, with readable times and no token."""
+    data: dict[str, Any] = {
+        "name": status.name,
+        "appid": status.appid,
+        "grant": status.grant,
+        "state": status.state,
+        "fingerprint": status.fingerprint,
+        "expires_at": status.expires_at,
+        "expires_in": int(status.expires_at - now) if status.expires_at else None,
+        "next_refresh": round(status.next_refresh, 3),
+        "consecutive_failures": status.consecutive_failures,
+        "last_error": status.last_error,
+        "hint": status.hint,
+    }
+    if status.expires_at is not None:
+        data["expires_at_iso"] = iso(status.expires_at)
+    data["next_refresh_iso"] = iso(status.next_refresh)
+    return data
+
+
+def probe_app(daemon: Daemon) -> Starlette:
+    return Starlette(routes=_probe_routes(daemon))
+
+
+def admin_app(daemon: Daemon) -> Starlette:
+    return Starlette(routes=[*_probe_routes(daemon), *_api_routes(daemon), *sdk_routes(daemon)])
+
+
+def _probe_routes(daemon: Daemon) -> list[Route]:
+    async def healthz(_: Request) -> Response:
+        problems = daemon.health()
+        if problems:
+            return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        missing = daemon.readiness()
+        if missing:
+            body = {"status": "not ready", "apps": missing}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", "apps": len(daemon.refreshers)})
+
+    async def metrics(_: Request) -> Response:
+        daemon.update_gauges()
+        return Response(daemon.metrics.render(), media_type=CONTENT_TYPE)
+
+    return [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def _api_routes(daemon: Daemon) -> list[Route]:
+    async def apps(_: Request) -> Response:
+        now = daemon.clock.now()
+        return JSONResponse(
+            {"apps": [describe(r.status(), now) for r in daemon.refreshers.values()]}
+        )
+
+    async def one_app(request: Request) -> Response:
+        refresher = daemon.find(request.path_params["name"])
+        if refresher is None:
+            return _unknown_app(daemon, request.path_params["name"])
+        return JSONResponse(describe(refresher.status(), daemon.clock.now()))
+
+    async def refresh(request: Request) -> Response:
+        refresher = daemon.find(request.path_params["name"])
+        if refresher is None:
+            return _unknown_app(daemon, request.path_params["name"])
+        report = await _read_report(request)
+        if isinstance(report, Response):
+            return report
+        token, token_fingerprint = report
+        answer = await refresher.report_rejected(token=token, token_fingerprint=token_fingerprint)
+        return passive_response(answer, daemon.clock.now())
+
+    return [
+        Route("/v1/apps", apps, methods=["GET"]),
+        Route("/v1/apps/{name}", one_app, methods=["GET"]),
+        Route("/v1/apps/{name}/refresh", refresh, methods=["POST"]),
+    ]
+
+
+def passive_response(answer: Passive, now: float) -> Response:
+    body: dict[str, Any] = {
+        "result": answer.result,
+        "detail": answer.detail,
+        "app": describe(answer.status, now),
+    }
+    headers = {}
+    if answer.retry_after is not None:
+        body["retry_after"] = round(answer.retry_after, 1)
+        headers["Retry-After"] = str(max(1, round(answer.retry_after)))
+    return JSONResponse(body, status_code=_PASSIVE_STATUS[answer.result], headers=headers)
+
+
+async def _read_report(request: Request) -> tuple[str | None, str | None] | Response:
+    """(token, fingerprint) from the body, or the 400 answer saying what is wrong."""
+    usage = (
+        'send JSON {"access_token": "<the rejected token>"} or {"fingerprint": "<its 8 hex'
+        ' digits>"}'
+    )
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return JSONResponse({"error": f"body is not JSON: {usage}"}, status_code=400)
+    if not isinstance(body, dict):
+        return JSONResponse({"error": usage}, status_code=400)
+    token, token_fingerprint = body.get("access_token"), body.get("fingerprint")
+    if isinstance(token, str) and token:
+        return token, None
+    if isinstance(token_fingerprint, str) and len(token_fingerprint) == 8:
+        return None, token_fingerprint.lower()
+    return JSONResponse({"error": usage}, status_code=400)
+
+
+def _unknown_app(daemon: Daemon, name: str) -> Response:
+    known = sorted(daemon.refreshers)[:20]
+    return JSONResponse({"error": f"no app named {name!r}", "apps": known}, status_code=404)

@@ -1,0 +1,101 @@
+"""WeChat's own token endpoints, answered from the daemon's managed tokens.
+
+Teams on WxJava, wechatpy, EasyWeChat or co-wechat-api point the SDK's token
+URL here and keep their code. ``GET /cgi-bin/token`` and ``POST
+/cgi-bin/stable_token`` answer exactly like WeChat (same fields, same
+errcodes) but never fetch a new classic token: the daemon owns that. The
+secret must match the configured one. ``force_refresh: true`` — what an SDK
+sends after WeChat rejected its token — becomes a debounced compare-and-refresh.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from wxtokend.daemon import Daemon
+    from wxtokend.refresher import Refresher
+
+__all__ = ["sdk_routes"]
+
+
+def _error(errcode: int, errmsg: str) -> JSONResponse:
+    return JSONResponse({"errcode": errcode, "errmsg": errmsg})
+
+
+def sdk_routes(daemon: Daemon) -> list[Route]:
+    async def token(request: Request) -> Response:
+        if request.method != "GET":
+            return _error(43002, "require GET method")
+        q = request.query_params
+        return await _answer(
+            daemon, q.get("grant_type", ""), q.get("appid", ""), q.get("secret", ""), force=False
+        )
+
+    async def stable_token(request: Request) -> Response:
+        if request.method != "POST":
+            return _error(43002, "require POST method")
+        try:
+            body: Any = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return _error(47001, "data format error")
+        return await _answer(
+            daemon,
+            str(body.get("grant_type", "")),
+            str(body.get("appid", "")),
+            str(body.get("secret", "")),
+            force=body.get("force_refresh") is True,
+        )
+
+    return [
+        Route("/cgi-bin/token", token, methods=["GET", "POST"]),
+        Route("/cgi-bin/stable_token", stable_token, methods=["GET", "POST"]),
+    ]
+
+
+async def _answer(
+    daemon: Daemon, grant_type: str, appid: str, secret: str, *, force: bool
+) -> Response:
+    if grant_type != "client_credential":
+        return _error(40002, "invalid grant_type")
+    if not appid:
+        return _error(41002, "appid missing")
+    if not secret:
+        return _error(41004, "appsecret missing")
+    refresher = daemon.find_appid(appid)
+    if refresher is None:
+        return _error(40013, "invalid appid")
+    expected = refresher.app.secret.reveal().encode()
+    if not hmac.compare_digest(secret.encode(), expected):
+        return _error(40125, "invalid appsecret")
+    if force:
+        await _debounced_refresh(refresher, window=daemon.config.admin.passive_min_interval)
+    record, now = refresher.record, daemon.clock.now()
+    if record is None or not refresher.has_valid_token() or record.expires_at - now < 1:
+        return _error(-1, "system error: wxtokend has no valid token for this appid yet")
+    return JSONResponse(
+        {"access_token": record.access_token, "expires_in": int(record.expires_at - now)}
+    )
+
+
+async def _debounced_refresh(refresher: Refresher, *, window: float) -> None:
+    """force_refresh from an SDK: refresh the current token unless it is brand new.
+
+    Every SDK instance that saw the old token rejected asks at once; the first
+    one's refresh replaces it, and those arriving after get the new token
+    instead of killing it again.
+    """
+    record = refresher.record
+    if record is None:
+        return
+    if refresher.clock_now() - record.fetched_at < window:
+        return
+    await refresher.report_rejected(token=record.access_token)
