@@ -340,7 +340,11 @@ class TestSdkEndpoints:
             "/cgi-bin/token",
             params={"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET},
         )
-        assert answer.json() == {"access_token": world.token("shop"), "expires_in": 7100}
+        # Cached no longer than the old token survives the next refresh (+240 s of
+        # WeChat's ~300 s overlap), not the full 7,100 s left.
+        expected = int(world.daemon.refreshers["shop"].next_at - world.clock.now() + 240)
+        assert answer.json() == {"access_token": world.token("shop"), "expires_in": expected}
+        assert expected < 7100
         assert len(world.wechat.calls) == calls  # never a new classic fetch
 
     async def test_stable_post_returns_managed_token(self, world: World) -> None:
@@ -395,7 +399,25 @@ class TestSdkEndpoints:
         assert answer.json()["errcode"] == -1
 
     async def test_force_refresh_is_debounced(self, world: World) -> None:
-        """force_refresh on a brand-new token returns it; on an older one, refreshes once."""
+        """Classic force_refresh: a brand-new token is returned; an older one refreshed once."""
+        await world.fetch_all()
+        params = {"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET}
+        body = {**params, "force_refresh": True}
+        calls = len(world.wechat.calls)
+        fresh = await world.admin.post("/cgi-bin/stable_token", json=body)
+        assert len(world.wechat.calls) == calls
+        assert fresh.json()["access_token"] == world.token("shop")
+        world.clock.t += 60
+        stale = world.token("shop")
+        answers = await asyncio.gather(
+            *(world.admin.post("/cgi-bin/stable_token", json=body) for _ in range(50))
+        )
+        assert world.token("shop") != stale
+        assert {a.json()["access_token"] for a in answers} == {world.token("shop")}
+        assert len(world.wechat.calls) == calls + 1
+
+    async def test_sdk_force_never_spends_the_stable_force_budget(self, world: World) -> None:
+        """Stable force_refresh from SDKs makes a normal-mode call at most, never a force."""
         await world.fetch_all()
         body = {
             "grant_type": "client_credential",
@@ -403,15 +425,132 @@ class TestSdkEndpoints:
             "secret": MINI_SECRET,
             "force_refresh": True,
         }
-        calls = len(world.wechat.calls)
-        fresh = await world.admin.post("/cgi-bin/stable_token", json=body)
-        assert len(world.wechat.calls) == calls
-        assert fresh.json()["access_token"] == world.token("mini")
-        world.clock.t += 60
-        stale = world.token("mini")
-        answers = await asyncio.gather(
-            *(world.admin.post("/cgi-bin/stable_token", json=body) for _ in range(50))
+        for _ in range(25):
+            world.clock.t += 31
+            answer = await world.admin.post("/cgi-bin/stable_token", json=body)
+            assert answer.json()["access_token"] == world.token("mini")
+        assert world.wechat.forced == []
+
+
+@pytest.mark.anyio
+class TestRaces:
+    """Passive refresh, the regular loop and reloads never step on each other."""
+
+    async def test_loop_does_not_refetch_after_a_passive_refresh(self, world: World) -> None:
+        """A loop that woke while a passive refresh held the lock re-plans instead of fetching."""
+        await world.fetch_all()
+        shop = world.daemon.refreshers["shop"]
+        world.clock.t = shop.next_at - 1  # the regular refresh is one second away
+        world.wechat.gate = asyncio.Event()
+        report = asyncio.create_task(
+            world.admin.post("/v1/apps/shop/refresh", json={"access_token": world.token("shop")})
         )
-        assert world.token("mini") != stale
-        assert {a.json()["access_token"] for a in answers} == {world.token("mini")}
-        assert len(world.wechat.forced) == 1
+        await asyncio.sleep(0.05)  # the passive fetch now holds the lock, waiting upstream
+        loop = asyncio.create_task(shop.run())  # wakes at the old refresh point, waits for lock
+        await asyncio.sleep(0.05)
+        passive_at = world.clock.now()
+        world.wechat.gate.set()
+        assert (await report).json()["result"] == "refreshed"
+        for _ in range(50):
+            await asyncio.sleep(0)
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+        later = [t for t in world.wechat.calls if t > passive_at]
+        assert all(t >= passive_at + 0.75 * 7200 for t in later), later
+
+    async def test_removed_app_is_not_rewritten_by_a_passive_refresh(
+        self, world: World, tmp_path: Path
+    ) -> None:
+        """A reload removing an app while its passive fetch is in flight leaves no files."""
+        await world.fetch_all()
+        world.wechat.gate = asyncio.Event()
+        report = asyncio.create_task(
+            world.admin.post("/v1/apps/shop/refresh", json={"access_token": world.token("shop")})
+        )
+        await asyncio.sleep(0.05)
+        removal = asyncio.create_task(world.daemon._remove("shop", delete_files=True))
+        await asyncio.sleep(0.05)
+        world.wechat.gate.set()
+        await asyncio.gather(report, removal)
+        assert not (tmp_path / "tokens" / "shop").exists()
+        assert not (tmp_path / "tokens" / "shop.json").exists()
+
+    async def test_appid_swap_keeps_both_lookups(self, world: World) -> None:
+        """A reload that swaps two apps' appids leaves both reachable by appid."""
+        from dataclasses import replace
+
+        await world.fetch_all()
+        swapped = replace(
+            world.daemon.config,
+            apps=(replace(SHOP, appid=MINI.appid), replace(MINI, appid=SHOP.appid)),
+        )
+        await world.daemon._apply(swapped)
+        assert world.daemon.find_appid(SHOP.appid) is world.daemon.refreshers["mini"]
+        assert world.daemon.find_appid(MINI.appid) is world.daemon.refreshers["shop"]
+        for task in world.daemon._tasks.values():
+            task.cancel()
+
+
+@pytest.mark.anyio
+class TestPassiveLimits:
+    """Reports can never break a wait WeChat imposed, nor drain the quota."""
+
+    async def test_no_call_during_a_daily_quota_wait(self, world: World) -> None:
+        """While 45009 holds an app until the reset, reports answer without calling WeChat."""
+        from wxtokend.errors import DailyQuotaError
+
+        await world.fetch_all()
+        world.clock.t += 6000
+        world.wechat.failures[len(world.wechat.calls) + 1] = DailyQuotaError("45009", errcode=45009)
+        await world.daemon.refreshers["shop"].refresh()
+        calls = len(world.wechat.calls)
+        for _ in range(5):
+            world.clock.t += 60
+            answer = await world.admin.post(
+                "/v1/apps/shop/refresh", json={"access_token": world.token("shop")}
+            )
+            assert answer.json()["result"] == "failed"
+            assert answer.json()["retry_after"] > 0
+        assert len(world.wechat.calls) == calls
+
+    async def test_daily_cap(self, world: World) -> None:
+        """After passive_daily_limit refreshes on reports, further reports wait for the reset."""
+        await world.fetch_all()
+        shop = world.daemon.refreshers["shop"]
+        shop._passive_daily_limit = 3
+        results = []
+        for _ in range(5):
+            world.clock.t += 11
+            answer = await world.admin.post(
+                "/v1/apps/shop/refresh", json={"access_token": world.token("shop")}
+            )
+            results.append(answer.json()["result"])
+        assert results == ["refreshed"] * 3 + ["rate_limited"] * 2
+
+    async def test_force_45009_does_not_block_regular_refreshes(self, world: World) -> None:
+        """WeChat refusing a force (45009) answers force_budget_spent and keeps the schedule."""
+        from wxtokend.errors import DailyQuotaError
+
+        await world.fetch_all()
+        mini = world.daemon.refreshers["mini"]
+        planned = mini.next_at
+        # call 1: normal mode (same token); call 2: the force, refused by WeChat
+        world.wechat.failures[len(world.wechat.calls) + 2] = DailyQuotaError("45009", errcode=45009)
+        answer = await world.admin.post(
+            "/v1/apps/mini/refresh", json={"access_token": world.token("mini")}
+        )
+        assert answer.json()["result"] == "force_budget_spent"
+        assert mini.last_error is None
+        assert mini.next_at <= planned + 1
+
+    async def test_waiting_for_a_semaphore_slot_is_not_stuck(self, world: World) -> None:
+        """Apps queued behind a full semaphore are not reported as hung fetches."""
+        shop = world.daemon.refreshers["shop"]
+        world.daemon._semaphore = asyncio.Semaphore(0)
+        shop._semaphore = world.daemon._semaphore
+        queued = asyncio.create_task(shop.refresh())
+        await asyncio.sleep(0.01)
+        world.clock.t += 1000
+        assert shop.stuck(fetch_limit=10) is None
+        queued.cancel()

@@ -194,7 +194,7 @@ class TestExampleConfig:
         assert config["output_dir"] == f"/run/{_setting('RuntimeDirectory')}"
         assert config["file_group"] == _setting("Group")
         assert config["file_mode"] == "0640"
-        assert config["admin"]["listen"] == "127.0.0.1:9735"
+        assert config["admin"]["listen"] == "unix:/run/wxtoken/admin.sock"
 
 
 def _example_with_apps() -> dict[str, Any]:

@@ -8,6 +8,7 @@ driven here directly, on sockets bound by the caller.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -65,9 +66,10 @@ def parse_listen(text: str) -> Listen:
 def bind(listen: Listen, *, unix_mode: int = 0o660) -> socket.socket:
     """A listening socket for ``listen``; a stale unix socket file is replaced."""
     if listen.path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            if listen.path.is_socket():
-                listen.path.unlink()
+        if listen.path.is_socket():
+            if _answers(listen.path):
+                raise OSError(errno.EADDRINUSE, "another process is listening on it")
+            listen.path.unlink()  # left behind by a process that died
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(listen.path))
         os.chmod(listen.path, unix_mode)
@@ -89,6 +91,15 @@ def tcp_listener(sock: socket.socket) -> socket.socket:
     return (
         sock if sock.proto or sock.family == socket.AF_UNIX else socket.socket(fileno=sock.detach())
     )
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 def base_url(sock: socket.socket) -> str:
@@ -128,4 +139,7 @@ async def serve(
         with anyio.CancelScope(shield=True):
             await server.shutdown(sockets=sockets)
         for sock in sockets:
+            if sock.family == socket.AF_UNIX and isinstance(sock.getsockname(), str):
+                with contextlib.suppress(OSError):
+                    os.unlink(sock.getsockname())
             sock.close()

@@ -23,9 +23,11 @@ def iso(t: float) -> str:
 
 
 class Clock(Protocol):
-    """Wall-clock time (unix seconds) and a way to wait for it."""
+    """Wall-clock time (unix seconds), a monotonic clock, and a way to wait."""
 
     def now(self) -> float: ...
+
+    def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
 
@@ -35,6 +37,9 @@ class SystemClock:
 
     def now(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

@@ -158,6 +158,14 @@ class _AdminModel(BaseModel):
         description="Passive refresh: at most one upstream refresh per app this often.",
     )
 
+    passive_daily_limit: int = Field(
+        100,
+        ge=1,
+        le=2000,
+        strict=True,
+        description="Passive refresh: at most this many upstream refreshes per app per day.",
+    )
+
     @field_validator("listen", "probe_listen")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
@@ -265,6 +273,7 @@ class AdminConfig:
     probe_listen: Listen | None = None
     start_timeout: float = 60.0
     passive_min_interval: float = 10.0
+    passive_daily_limit: int = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -495,6 +504,7 @@ class _Resolver:
             probe_listen=parse_listen(admin.probe_listen) if admin.probe_listen else None,
             start_timeout=admin.start_timeout,
             passive_min_interval=admin.passive_min_interval,
+            passive_daily_limit=admin.passive_daily_limit,
         )
 
     def _fail(self, keypath: str, problem: str, fix: str) -> None:

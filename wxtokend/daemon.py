@@ -83,6 +83,7 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._reload_forced = False
         self._written = asyncio.Event()
+        self._ready_sent = False
         self._fingerprint = content_fingerprint(config.watched_files())
         for app in config.apps:
             self._add(app)
@@ -107,14 +108,13 @@ class Daemon:
 
     def health(self) -> list[str]:
         """Why the refresh machinery is unhealthy (dead or stuck loops); empty if fine."""
-        now = self.clock.now()
         limit = self.config.request_timeout
         problems = []
         for name, task in self._tasks.items():
             if task.done():
                 problems.append(f"{name}: its refresh loop has stopped")
                 continue
-            why = self.refreshers[name].stuck(now, fetch_limit=limit)
+            why = self.refreshers[name].stuck(fetch_limit=limit)
             if why:
                 problems.append(f"{name}: {why}")
         return problems
@@ -168,7 +168,7 @@ class Daemon:
         for refresher in refreshers:
             self._spawn(refresher)
         watcher = ConfigWatcher(asyncio.get_running_loop(), self.request_reload)
-        watcher.watch(self.config.watched_files())
+        self._watch(watcher, self.config)
         helpers = [
             *(
                 asyncio.create_task(asgi.serve(app, [sock]), name="admin")
@@ -219,6 +219,7 @@ class Daemon:
             semaphore=self._semaphore,
             metrics=self.metrics,
             passive_min_interval=self.config.admin.passive_min_interval,
+            passive_daily_limit=self.config.admin.passive_daily_limit,
             on_written=self._written.set,
         )
         self.refreshers[app.name] = refresher
@@ -232,10 +233,12 @@ class Daemon:
 
     async def _remove(self, name: str, *, delete_files: bool) -> None:
         refresher = self.refreshers.pop(name)
-        self._by_appid.pop(refresher.app.appid, None)
+        if self._by_appid.get(refresher.app.appid) is refresher:  # appids may swap names
+            del self._by_appid[refresher.app.appid]
         task = self._tasks.pop(name, None)
         if task is not None:
             await _cancel([task])
+        await refresher.close()  # lets an in-flight passive fetch finish; then it writes nothing
         if delete_files:
             self.store.remove(name)
             self.metrics.forget(name)
@@ -289,6 +292,7 @@ class Daemon:
         """READY=1 once every app has a token (or after start_timeout), then STATUS and WATCHDOG."""
         await self._wait_until_ready(self.clock.now() + self.config.admin.start_timeout)
         self.notifier.ready(self.status_line())
+        self._ready_sent = True
         self._log.info("ready", status=self.status_line())
         ping = self.notifier.watchdog_interval
         step = min(ping, _STATUS_EVERY) if ping else _STATUS_EVERY
@@ -330,7 +334,21 @@ class Daemon:
             await asyncio.sleep(_RELOAD_SETTLE)  # bursts of events coalesce into one reload
             self._reload_requested.clear()
             forced, self._reload_forced = self._reload_forced, False
-            await self.reload(watcher, forced=forced)
+            try:
+                await self.reload(watcher, forced=forced)
+            except Exception:
+                # A reload must never take reloading down with it: SIGHUP still works.
+                self._log.exception("reload crashed; the running config stays in force")
+
+    def _watch(self, watcher: ConfigWatcher, config: Config) -> None:
+        try:
+            watcher.watch(config.watched_files())
+        except OSError as exc:
+            self._log.warning(
+                "cannot watch the config and secret files; SIGHUP still reloads",
+                error=exc.strerror,
+                fix="raise fs.inotify.max_user_watches / max_user_instances",
+            )
 
     async def reload(self, watcher: ConfigWatcher | None = None, *, forced: bool = False) -> bool:
         """Apply the config file as it is now; keep running on the old one if it is invalid."""
@@ -351,9 +369,10 @@ class Daemon:
         changes = await self._apply(new)
         self._fingerprint = new_fingerprint
         if watcher is not None:
-            watcher.watch(new.watched_files())
+            self._watch(watcher, new)
         self._log.info("reloaded", **changes)
-        self.notifier.ready(self.status_line())
+        if self._ready_sent:  # before the first READY, READY still waits for the tokens
+            self.notifier.ready(self.status_line())
         return True
 
     async def _apply(self, new: Config) -> dict[str, list[str]]:
@@ -376,7 +395,10 @@ class Daemon:
         for name in changed:
             appid_changed = old_apps[name].appid != new_apps[name].appid
             await self._remove(name, delete_files=appid_changed)
-            self._spawn(self._add(new_apps[name]))  # no adoption: refetch with the new settings
+            refresher = self._add(new_apps[name])
+            # Keep serving the old token (same appid: still valid) until the refetch lands.
+            refresher.adopt_stored(refetch=True)
+            self._spawn(refresher)
         for name in added:
             refresher = self._add(new_apps[name])
             refresher.adopt_stored()

@@ -14,14 +14,22 @@ per-app minimum interval bounds how often reports can cost an upstream call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from wxtokend.clock import Clock, iso
 from wxtokend.config import AppConfig
-from wxtokend.errors import DailyQuotaError, FetchError, StateFileError, TransientError
+from wxtokend.errors import (
+    AdminWaitError,
+    DailyQuotaError,
+    FatalConfigError,
+    FetchError,
+    StateFileError,
+    TransientError,
+    UnknownErrcodeError,
+)
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.redact import fingerprint
@@ -30,6 +38,7 @@ from wxtokend.schedule import (
     Rng,
     backoff,
     force_allowed_at,
+    next_quota_reset,
     refresh_at,
     retry_at,
     unchanged_retry_at,
@@ -95,6 +104,7 @@ class Refresher:
         semaphore: asyncio.Semaphore,
         metrics: Metrics | None = None,
         passive_min_interval: float = 10.0,
+        passive_daily_limit: int = 100,
         on_written: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
@@ -106,6 +116,11 @@ class Refresher:
         self._semaphore = semaphore
         self._metrics = metrics or Metrics()
         self._passive_min_interval = passive_min_interval
+        self._passive_daily_limit = passive_daily_limit
+        self._passive_today: list[float] = []
+        self._closed = False
+        self._wake_due: float | None = None  # monotonic deadline of the current sleep
+        self._plan = 0  # counts fetches: a loop whose plan is outdated must not fetch
         self._on_written = on_written
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -155,13 +170,24 @@ class Refresher:
             hint=error.hint if error else (_WRITE_HINT if self.write_error else None),
         )
 
-    def stuck(self, now: float, *, fetch_limit: float) -> str | None:
-        """Why this loop looks stuck (a fetch hanging, a wake-up long overdue), or None."""
-        if self.busy_since is not None and now - self.busy_since > fetch_limit + _STUCK_AFTER:
-            return f"a fetch has been running for {int(now - self.busy_since)} s"
-        if self.busy_since is None and now - self.next_at > _STUCK_AFTER:
-            return f"its refresh is {int(now - self.next_at)} s overdue"
+    def stuck(self, *, fetch_limit: float) -> str | None:
+        """Why this loop looks stuck (a fetch hanging, a wake-up long overdue), or None.
+
+        Measured on the monotonic clock, so a wall-clock step is no false alarm;
+        waiting for a semaphore slot or a long back-off is not being stuck.
+        """
+        mono = self._clock.monotonic()
+        if self.busy_since is not None and mono - self.busy_since > fetch_limit + _STUCK_AFTER:
+            return f"a fetch has been running for {int(mono - self.busy_since)} s"
+        due = self._wake_due
+        if self.busy_since is None and due is not None and mono - due > _STUCK_AFTER:
+            return f"its wake-up is {int(mono - due)} s overdue"
         return None
+
+    async def close(self) -> None:
+        """Stop for good (reload removed or replaced this app): finish any fetch, write nothing."""
+        async with self._lock:
+            self._closed = True
 
     def reconfigure(self, app: AppConfig, *, policy: Policy) -> None:
         """A reload kept this app's fetch settings: take its new details, keep the token."""
@@ -170,8 +196,11 @@ class Refresher:
 
     # -- start ---------------------------------------------------------------
 
-    def adopt_stored(self) -> bool:
-        """Take over a still-valid token from an earlier run; True if one was adopted."""
+    def adopt_stored(self, *, refetch: bool = False) -> bool:
+        """Take over a still-valid token from an earlier run; True if one was adopted.
+
+        ``refetch``: serve it, but fetch a new one at once (a reload changed the secret).
+        """
         try:
             record = self._store.load(self.app.name)
         except StateFileError as exc:
@@ -199,8 +228,8 @@ class Refresher:
             return False
         self.record = record
         self.next_at = self._planned = self._refresh_point(record, now)
-        if record.interrupted():
-            # WeChat may have issued a newer token, killing this one after ~5 minutes.
+        if record.interrupted() or refetch:
+            # Interrupted: WeChat may have issued a newer token, killing this one soon.
             self.next_at = self._planned = now
         self._save(record)  # repairs a bare file left behind by a crash; no-op otherwise
         REDACTOR.register(f"token:{self.app.name}", record.access_token, label="<token>")
@@ -221,15 +250,20 @@ class Refresher:
     async def run(self) -> None:
         """Refresh forever; cancel the task to stop."""
         while True:
+            plan = self._plan
             if await self._sleep_until(self.next_at):
-                await self.step()
+                await self.step(plan)
 
-    async def step(self) -> None:
+    async def step(self, plan: int | None = None) -> None:
         """Whatever is due now: retry a failed file write, or refresh."""
         if self._unsaved and self.record is not None:
             self._write(self.record)
             return
-        await self.refresh()
+        async with self._lock:
+            # A passive refresh may have run while this waited for the lock; it
+            # re-planned, and fetching anyway would (classic) kill its new token.
+            if plan is None or plan == self._plan:
+                await self._fetch(force=False)
 
     async def ensure(self, *, attempts: int = 3) -> bool:
         """For ``--once``: a valid token on disk, fetched only if needed, retrying transients."""
@@ -252,16 +286,19 @@ class Refresher:
 
     async def _fetch(self, *, force: bool) -> bool:
         """The fetch itself; the caller holds the lock."""
+        if self._closed:
+            return False
         self._mark_refreshing()
-        self.busy_since = self._clock.now()
         try:
             async with self._semaphore:
+                self.busy_since = self._clock.monotonic()  # on the wire, not queued
                 token = await self._source.fetch_token(self.app, force=force)
         except FetchError as error:
             self._failed(error)
             return False
         finally:
             self.busy_since = None
+            self._plan += 1
             self._wake.set()  # the schedule changed: a sleeping loop re-plans
         self._succeeded(token)
         return True
@@ -269,43 +306,96 @@ class Refresher:
     # -- passive refresh -----------------------------------------------------
 
     async def report_rejected(
-        self, *, token: str | None = None, token_fingerprint: str | None = None
+        self,
+        *,
+        token: str | None = None,
+        token_fingerprint: str | None = None,
+        allow_force: bool = True,
     ) -> Passive:
-        """A consumer says WeChat rejected ``token``: compare-and-refresh."""
+        """A consumer says WeChat rejected ``token``: compare-and-refresh.
+
+        ``allow_force=False`` limits a stable app to a normal-mode call (for SDK
+        callers, which cannot say which token they saw rejected).
+        """
         record = self.record
         if record is None:
             return self._passive("no_token", detail="no token yet: the first fetch is under way")
         current = record.access_token
-        if token is not None and token != current:
-            return self._passive("newer", detail="a newer token is already in place")
-        if token is None and token_fingerprint != fingerprint(current):
+        if token is not None:
+            named = hmac.compare_digest(token.encode(), current.encode())
+        else:
+            named = hmac.compare_digest(
+                (token_fingerprint or "").encode(), fingerprint(current).encode()
+            )
+        if not named:
             return self._passive("newer", detail="a newer token is already in place")
         flight = self._flights.get(current)
         if flight is None:
-            now = self._clock.now()
-            wait = self._last_passive + self._passive_min_interval - now
-            if wait > 0:
-                return self._passive(
-                    "rate_limited",
-                    retry_after=wait,
-                    detail="this app was refreshed on a report moments ago",
-                )
-            self._last_passive = now
-            flight = asyncio.ensure_future(self._passive_refresh(current))
+            refusal = self._passive_refusal()
+            if refusal is not None:
+                return refusal
+            self._last_passive = self._clock.now()
+            self._passive_today.append(self._last_passive)
+            flight = asyncio.ensure_future(self._passive_refresh(current, allow_force))
             self._flights[current] = flight
             flight.add_done_callback(lambda _: self._flights.pop(current, None))
         answer = await asyncio.shield(flight)
         self._metrics.passive(self.app.name, answer.result)
         return answer
 
-    async def _passive_refresh(self, stale: str) -> Passive:
+    def _passive_refresh_blocked(self, now: float) -> Passive | None:
+        """No report may break a wait WeChat imposed (quota, admin, a wrong secret)."""
+        error = self.last_error
+        waiting = isinstance(
+            error, DailyQuotaError | AdminWaitError | FatalConfigError | UnknownErrcodeError
+        )
+        if error is not None and waiting and self.next_at > now:
+            return self._passive(
+                "failed",
+                retry_after=self.next_at - now,
+                detail=f"not asking WeChat before {iso(self.next_at)}: {error}",
+            )
+        return None
+
+    def _passive_refusal(self) -> Passive | None:
+        now = self._clock.now()
+        blocked = self._passive_refresh_blocked(now)
+        if blocked is not None:
+            return blocked
+        wait = self._last_passive + self._passive_min_interval - now
+        if wait > 0:
+            return self._passive(
+                "rate_limited",
+                retry_after=wait,
+                detail="this app was refreshed on a report moments ago",
+            )
+        day_start = next_quota_reset(now) - 86400
+        self._passive_today = [t for t in self._passive_today if t >= day_start]
+        if len(self._passive_today) >= self._passive_daily_limit:
+            if len(self._passive_today) == self._passive_daily_limit:
+                self._log.error(
+                    "passive refresh limit for today reached: a consumer keeps reporting fresh"
+                    " tokens as rejected (wrong appid's token? wrong API?)",
+                    limit=self._passive_daily_limit,
+                )
+                self._passive_today.append(now)  # log once
+            return self._passive(
+                "rate_limited",
+                retry_after=next_quota_reset(now) - now,
+                detail=f"{self._passive_daily_limit} refreshes on reports today already",
+            )
+        return None
+
+    async def _passive_refresh(self, stale: str, allow_force: bool) -> Passive:
         async with self._lock:
             if self.record is None or self.record.access_token != stale:
                 return self._answer("newer", detail="replaced while this report waited")
             if not await self._fetch(force=False):
-                return self._answer("failed", detail=str(self.last_error))
+                return self._answer("failed", detail=str(self.last_error or "stopped"))
             if self.record.access_token != stale:
                 return self._answer("refreshed")
+            if not allow_force:
+                return self._answer("newer", detail="WeChat confirmed the current token is valid")
             # Stable grant: normal mode returned the same token, so WeChat still
             # thinks it valid while a consumer saw it rejected: it really is dead.
             return await self._force(stale)
@@ -324,7 +414,18 @@ class Refresher:
                 detail="WeChat allows 20 force refreshes a day, 30 s apart",
             )
         self._forces.append(now)
+        before = (self.next_at, self.last_error, self.failures)
         if not await self._fetch(force=True):
+            if isinstance(self.last_error, DailyQuotaError):
+                # The *force* budget is spent (maybe by others, or before a restart):
+                # that must not stop the regular normal-mode refreshes for the day.
+                self.next_at, self.last_error, self.failures = before
+                self._forces.extend([now] * 20)
+                return self._answer(
+                    "force_budget_spent",
+                    retry_after=next_quota_reset(now) - now,
+                    detail="WeChat says today's force_refresh budget is spent",
+                )
             return self._answer("failed", detail=str(self.last_error))
         if self.record is None or self.record.access_token == stale:
             return self._answer("failed", detail="WeChat returned the same token to force_refresh")
@@ -448,6 +549,8 @@ class Refresher:
         return False
 
     def _save(self, record: Record) -> bool:
+        if self._closed:
+            return True  # removed or replaced by a reload: its files are not ours any more
         try:
             self._store.save(record)
         except OSError as exc:
@@ -503,6 +606,7 @@ class Refresher:
         """Sleep ``seconds`` unless woken; True if the whole time passed."""
         if seconds <= 0:
             return not self._wake.is_set()
+        self._wake_due = self._clock.monotonic() + seconds
         sleep = asyncio.ensure_future(self._clock.sleep(seconds))
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -510,8 +614,10 @@ class Refresher:
         finally:
             for task in (sleep, woken):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # gather, not suppress(CancelledError): a cancellation aimed at *this* task
+            # while it cleans up must propagate, or the loop could never be stopped.
+            await asyncio.gather(sleep, woken, return_exceptions=True)
+        self._wake_due = None
         return sleep in done and woken not in done
 
     def _refresh_point(self, record: Record, now: float) -> float:

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = ["sdk_routes"]
 
+# WeChat keeps the previous classic token working ~300 s after a new fetch; a
+# minute of that is kept as margin for clocks and SDK refresh slack.
+_CLASSIC_SAFE_OVERLAP = 240
+
 
 def _error(errcode: int, errmsg: str) -> JSONResponse:
     return JSONResponse({"errcode": errcode, "errmsg": errmsg})
@@ -82,20 +86,37 @@ async def _answer(
     if record is None or not refresher.has_valid_token() or record.expires_at - now < 1:
         return _error(-1, "system error: wxtokend has no valid token for this appid yet")
     return JSONResponse(
-        {"access_token": record.access_token, "expires_in": int(record.expires_at - now)}
+        {"access_token": record.access_token, "expires_in": _lifetime(refresher, now)}
     )
 
 
-async def _debounced_refresh(refresher: Refresher, *, window: float) -> None:
-    """force_refresh from an SDK: refresh the current token unless it is brand new.
+def _lifetime(refresher: Refresher, now: float) -> int:
+    """The expires_in to hand out: how long an SDK may cache this token.
 
-    Every SDK instance that saw the old token rejected asks at once; the first
-    one's refresh replaces it, and those arriving after get the new token
-    instead of killing it again.
+    Stable tokens live to their own expiry. A classic token dies ~300 s after
+    the daemon's next refresh, long before its expiry: an SDK caching it for the
+    full lifetime would meet 40001 every cycle, so classic answers stop earlier.
+    """
+    record = refresher.record
+    assert record is not None
+    remaining = record.expires_at - now
+    if refresher.app.grant == "classic":
+        remaining = min(remaining, refresher.next_at - now + _CLASSIC_SAFE_OVERLAP)
+    return max(1, int(remaining))
+
+
+async def _debounced_refresh(refresher: Refresher, *, window: float) -> None:
+    """force_refresh from an SDK: a compare-and-refresh of the current token.
+
+    An SDK cannot say which token it saw rejected, so: a token younger than
+    ``window`` is returned as it is (every instance that saw the old one asks at
+    once; the first refresh serves them all), and a stable app gets a normal-mode
+    call only: force_refresh, which kills the token every other caller holds and
+    has a budget of 20 a day, needs a report naming the token (/v1/apps/.../refresh).
     """
     record = refresher.record
     if record is None:
         return
     if refresher.clock_now() - record.fetched_at < window:
         return
-    await refresher.report_rejected(token=record.access_token)
+    await refresher.report_rejected(token=record.access_token, allow_force=False)
