@@ -80,3 +80,28 @@ class ScriptedWeChat:
         self.expiry[token] = now + self.lifetime
         self.current = token
         return Token(access_token=token, expires_in=self.lifetime, fetched_at=now)
+
+
+class ScriptedTickets:
+    """Tickets like WeChat: valid only with the current token; ``reject`` makes the next
+    ``reject`` calls refuse their token with 40001."""
+
+    def __init__(
+        self, clock: VirtualClock, wechat: ScriptedWeChat, *, lifetime: int = 7200
+    ) -> None:
+        self.clock = clock
+        self.wechat = wechat
+        self.lifetime = lifetime
+        self.calls: list[tuple[float, str, str]] = []
+        self.reject = 0
+
+    async def fetch_ticket(self, app: AppConfig, kind: str, access_token: str) -> Token:
+        from wxtokend.errors import TokenRejectedError
+
+        now = self.clock.now()
+        self.calls.append((now, kind, access_token))
+        if self.reject > 0 or self.wechat.expiry.get(access_token, 0) <= now:
+            self.reject = max(0, self.reject - 1)
+            raise TokenRejectedError("errcode 40001", errcode=40001)
+        ticket = f"TICKET_{kind}_{len(self.calls):06d}"
+        return Token(access_token=ticket, expires_in=self.lifetime, fetched_at=now)

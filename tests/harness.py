@@ -39,12 +39,29 @@ class TestApp:
 
     __test__ = False  # not a pytest test class
 
-    appid: str
+    appid: str  # the corpid for kind="wecom"
     secret: str
     name: str
     grant: str = "stable"
     daemon_secret: str | None = None
     faults: dict[str, float] = field(default_factory=dict)
+    kind: str = "official"
+    tickets: list[str] = field(default_factory=list)
+
+
+def _emulated(app: TestApp) -> dict[str, Any]:
+    ident = {"kind": "wecom", "corpid": app.appid} if app.kind == "wecom" else {"appid": app.appid}
+    return {**ident, "secret": app.secret, **({"faults": app.faults} if app.faults else {})}
+
+
+def _daemon_entry(app: TestApp) -> dict[str, Any]:
+    if app.kind == "wecom":
+        entry: dict[str, Any] = {"kind": "wecom", "corpid": app.appid, "name": app.name}
+    else:
+        entry = {"appid": app.appid, "name": app.name, "grant": app.grant}
+    if app.tickets:
+        entry["tickets"] = app.tickets
+    return {**entry, "secret_file": f"secrets/{app.name}"}
 
 
 def _python(*args: str) -> list[str]:
@@ -58,10 +75,7 @@ class EmulatorProcess:
         directory.mkdir(parents=True, exist_ok=True)
         config = {
             **settings,
-            "apps": [
-                {"appid": a.appid, "secret": a.secret, **({"faults": a.faults} if a.faults else {})}
-                for a in apps
-            ],
+            "apps": [_emulated(a) for a in apps],
         }
         self.config_path = directory / "emulator.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -94,6 +108,11 @@ class EmulatorProcess:
 
     def calls(self, appid: str, endpoint: str) -> int:
         return self.stats().get(appid, {}).get(endpoint, 0)
+
+    def check_ticket(self, ticket: str) -> bool:
+        return bool(
+            self.http.get("/emulator/check-ticket", params={"ticket": ticket}).json()["valid"]
+        )
 
     def check(self, token: str) -> int:
         """0 if the emulator accepts ``token`` now, else its errcode."""
@@ -145,16 +164,15 @@ class DaemonProcess:
             secret_path = secrets_dir / app.name
             if not secret_path.exists() or secret_path.read_text() != secret:
                 _replace(secret_path, secret)
-            entries.append(
-                {
-                    "appid": app.appid,
-                    "name": app.name,
-                    "grant": app.grant,
-                    "secret_file": f"secrets/{app.name}",
-                }
-            )
+            entries.append(_daemon_entry(app))
         settings.setdefault("admin", {"listen": "127.0.0.1:0"})  # concurrent daemons never collide
-        config = {"output_dir": "tokens", "api_base": self.api_base, **settings, "apps": entries}
+        config = {
+            "output_dir": "tokens",
+            "api_base": self.api_base,
+            "wecom_api_base": self.api_base,
+            **settings,
+            "apps": entries,
+        }
         _replace(self.config_path, yaml.safe_dump(config))
 
     def start(self, *extra: str, env: dict[str, str] | None = None) -> DaemonProcess:

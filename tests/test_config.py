@@ -983,3 +983,111 @@ class TestEnvironmentChecks:
         path = write_config(tmp_path, "apps: [1]\n")
         (problem,) = problems_of(path)
         assert "apps[0]: is not a mapping — each app is a mapping with appid:" in problem
+
+
+class TestWeComAndTickets:
+    """kind: wecom entries and tickets: lists."""
+
+    def test_wecom_application(self, tmp_path: Path) -> None:
+        """A WeCom entry: corpid, required name, the qyapi base, grant wecom, its tickets."""
+        config = load(
+            tmp_path,
+            yaml_text("""
+                apps:
+                  - kind: wecom
+                    corpid: ww0123456789abcdef
+                    name: hr-app
+                    agentid: 1000002
+                    tickets: [jsapi, agent_config]
+                    secret_file: app.secret
+                  - appid: wx0123456789abcdef
+                    tickets: [jsapi, wx_card, jsapi]
+                    secret_file: app.secret
+            """),
+        )
+        hr, shop = config.apps
+        assert (hr.kind, hr.appid, hr.grant, hr.agentid) == (
+            "wecom",
+            "ww0123456789abcdef",
+            "wecom",
+            1000002,
+        )
+        assert hr.api_base == "https://qyapi.weixin.qq.com"
+        assert hr.tickets == ("jsapi", "agent_config")
+        assert shop.tickets == ("jsapi", "wx_card")  # duplicates dropped, order kept
+        assert shop.api_base == "https://api.weixin.qq.com"
+
+    def test_two_applications_of_one_corp(self, tmp_path: Path) -> None:
+        """One corpid may appear with different secrets (several applications)."""
+        (tmp_path / "b.secret").write_text("other-secret\n")
+        config = load(
+            tmp_path,
+            yaml_text("""
+                apps:
+                  - {kind: wecom, corpid: ww1, name: a, secret_file: app.secret}
+                  - {kind: wecom, corpid: ww1, name: b, secret_file: b.secret}
+            """),
+        )
+        assert [a.name for a in config.apps] == ["a", "b"]
+
+    @pytest.mark.parametrize(
+        ("entry", "key", "fix"),
+        [
+            ("{kind: wecom, corpid: ww1, secret_file: app.secret}", "apps[0].name", "add name:"),
+            (
+                "{kind: wecom, appid: wx1, name: a, secret_file: app.secret}",
+                "apps[0].appid",
+                "write corpid: instead",
+            ),
+            (
+                "{kind: wecom, corpid: ww1, name: a, grant: classic, secret_file: app.secret}",
+                "apps[0].grant",
+                "remove grant:",
+            ),
+            ("{kind: wecom, name: a, secret_file: app.secret}", "apps[0].corpid", "add corpid:"),
+            ("{appid: wx1, corpid: ww1, secret_file: app.secret}", "apps[0].corpid", "kind: wecom"),
+            ("{name: a, secret_file: app.secret}", "apps[0].appid", "add appid:"),
+            (
+                "{appid: wx1, tickets: [agent_config], secret_file: app.secret}",
+                "apps[0].tickets[0]",
+                "use jsapi or wx_card",
+            ),
+            (
+                "{kind: wecom, corpid: ww1, name: a, tickets: [wx_card], secret_file: app.secret}",
+                "apps[0].tickets[0]",
+                "use agent_config or jsapi",
+            ),
+        ],
+    )
+    def test_invalid_entries(self, tmp_path: Path, entry: str, key: str, fix: str) -> None:
+        """Each wrong combination is one problem at its key, with the fix."""
+        path = write_config(tmp_path, f"apps:\n  - {entry}\n")
+        (problem,) = problems_of(path)
+        assert f": {key}: " in problem
+        assert fix in problem
+
+    def test_same_application_twice(self, tmp_path: Path) -> None:
+        """The same corpid with the same secret twice is one application listed twice."""
+        path = write_config(
+            tmp_path,
+            yaml_text("""
+                apps:
+                  - {kind: wecom, corpid: ww1, name: a, secret_file: app.secret}
+                  - {kind: wecom, corpid: ww1, name: b, secret_file: app.secret}
+            """),
+        )
+        (problem,) = problems_of(path)
+        assert "apps[1]: corpid 'ww1' with the same secret as apps[0]" in problem
+
+    def test_applications_of_one_corp_load_without_secrets(self, tmp_path: Path) -> None:
+        """get and sign load without secrets: one corp's applications are not duplicates then."""
+        (tmp_path / "b.secret").write_text("other-secret\n")
+        path = write_config(
+            tmp_path,
+            yaml_text("""
+                apps:
+                  - {kind: wecom, corpid: ww1, name: a, secret_file: app.secret}
+                  - {kind: wecom, corpid: ww1, name: b, secret_file: b.secret}
+            """),
+        )
+        assert [a.name for a in load_config(path, secrets=False).apps] == ["a", "b"]

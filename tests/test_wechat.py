@@ -23,6 +23,7 @@ from wxtokend.errors import (
     FetchError,
     MalformedResponse,
     MinuteQuotaError,
+    TokenRejectedError,
     TransientError,
     UnknownErrcodeError,
 )
@@ -782,3 +783,133 @@ def record(calls: list[tuple[str, str, float]]) -> Callable[[str, str, float], N
         calls.append((name, endpoint, duration))
 
     return on_request
+
+
+QY_BASE = "https://qyapi.weixin.qq.com"
+CORPID = "ww0123456789abcdef"
+
+
+def make_wecom() -> AppConfig:
+    return AppConfig(
+        appid=CORPID,
+        name="hr",
+        grant="wecom",
+        kind="wecom",
+        api_base=QY_BASE,
+        secret=Secret(SECRET),
+        secret_source=SECRET_SOURCE,
+    )
+
+
+async def ticket(app: AppConfig, kind: Any, token: str = TOKEN) -> Token:
+    client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+    try:
+        return await client.fetch_ticket(app, kind, token)
+    finally:
+        await client.aclose()
+
+
+class TestWeComToken:
+    """GET /cgi-bin/gettoken on the WeCom base, and WeCom's own errcodes."""
+
+    @pytest.mark.anyio
+    async def test_gettoken(self, httpx_mock: HTTPXMock) -> None:
+        """corpid and corpsecret go in the query; the reply's errcode 0 is a success."""
+        httpx_mock.add_response(
+            method="GET",
+            url=f"{QY_BASE}/cgi-bin/gettoken",
+            match_params={"corpid": CORPID, "corpsecret": SECRET},
+            json={"errcode": 0, "errmsg": "ok", "access_token": TOKEN, "expires_in": 7200},
+        )
+        client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+        token = await client.fetch_token(make_wecom())
+        await client.aclose()
+        assert (token.access_token, token.expires_in) == (TOKEN, 7200)
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        ("errcode", "kind", "words"),
+        [
+            (40013, FatalConfigError, "CorpID"),
+            (40001, FatalConfigError, "WeCom admin console"),
+            (40091, FatalConfigError, "WeCom admin console"),
+            (45009, DailyQuotaError, "quota"),
+        ],
+    )
+    async def test_errcodes(
+        self, httpx_mock: HTTPXMock, errcode: int, kind: type[FetchError], words: str
+    ) -> None:
+        """WeCom's errcodes map to their own meaning and a WeCom-specific hint."""
+        httpx_mock.add_response(
+            url=f"{QY_BASE}/cgi-bin/gettoken?corpid={CORPID}&corpsecret={SECRET}",
+            json={"errcode": errcode, "errmsg": "x"},
+        )
+        client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+        with pytest.raises(kind) as info:
+            await client.fetch_token(make_wecom())
+        await client.aclose()
+        assert words in info.value.hint
+        assert SECRET not in str(info.value)
+
+
+class TestTickets:
+    """getticket (official), get_jsapi_ticket and ticket/get (WeCom)."""
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        ("wecom", "kind", "path", "params"),
+        [
+            (False, "jsapi", "/cgi-bin/ticket/getticket", {"type": "jsapi"}),
+            (False, "wx_card", "/cgi-bin/ticket/getticket", {"type": "wx_card"}),
+            (True, "jsapi", "/cgi-bin/get_jsapi_ticket", {}),
+            (True, "agent_config", "/cgi-bin/ticket/get", {"type": "agent_config"}),
+        ],
+    )
+    async def test_endpoints(
+        self, httpx_mock: HTTPXMock, wecom: bool, kind: str, path: str, params: dict[str, str]
+    ) -> None:
+        """Each ticket has its endpoint; the token goes in the query; errcode 0 is success."""
+        app = make_wecom() if wecom else make_app()
+        base = QY_BASE if wecom else API_BASE
+        httpx_mock.add_response(
+            method="GET",
+            url=f"{base}{path}",
+            match_params={"access_token": TOKEN, **params},
+            json={"errcode": 0, "errmsg": "ok", "ticket": "TICKET-1", "expires_in": 7200},
+        )
+        got = await ticket(app, kind)
+        assert (got.access_token, got.expires_in, got.fetched_at) == ("TICKET-1", 7200, NOW)
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("errcode", [40001, 40014, 42001])
+    async def test_token_rejected(self, httpx_mock: HTTPXMock, errcode: int) -> None:
+        """40001/40014/42001 mean the token was rejected: TokenRejectedError, token not shown."""
+        httpx_mock.add_response(json={"errcode": errcode, "errmsg": f"bad {TOKEN}"})
+        with pytest.raises(TokenRejectedError) as info:
+            await ticket(make_app(), "jsapi")
+        assert info.value.errcode == errcode
+        assert TOKEN not in str(info.value)
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"errcode": 0, "errmsg": "ok", "expires_in": 7200},
+            {"errcode": 0, "ticket": "", "expires_in": 7200},
+            {"errcode": 0, "ticket": "T", "expires_in": 0},
+            {"errcode": 0, "ticket": ["T"], "expires_in": 7200},
+        ],
+    )
+    async def test_malformed(self, httpx_mock: HTTPXMock, body: dict[str, Any]) -> None:
+        """A reply without a usable ticket is malformed, never written."""
+        httpx_mock.add_response(json=body)
+        with pytest.raises(MalformedResponse):
+            await ticket(make_app(), "jsapi")
+
+    @pytest.mark.anyio
+    async def test_token_never_in_transport_errors(self, httpx_mock: HTTPXMock) -> None:
+        """A connection error quoting the URL does not carry the token into the message."""
+        httpx_mock.add_exception(httpx.ConnectError(f"failed ?access_token={TOKEN}&type=jsapi"))
+        with pytest.raises(TransientError) as info:
+            await ticket(make_app(), "jsapi")
+        assert TOKEN not in str(info.value)

@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wxtokend.clock import iso
+from wxtokend.config import AppConfig
+from wxtokend.jssdk import jssdk_config
 from wxtokend.metrics import CONTENT_TYPE
 from wxtokend.refresher import AppStatus, Passive
 from wxtokend.sdk import sdk_routes
@@ -25,7 +27,7 @@ from wxtokend.sdk import sdk_routes
 if TYPE_CHECKING:
     from wxtokend.daemon import Daemon
 
-__all__ = ["admin_app", "describe", "probe_app"]
+__all__ = ["SigningError", "admin_app", "describe", "probe_app", "sign_page", "signed_fields"]
 
 _PASSIVE_STATUS = {
     "refreshed": 200,
@@ -94,15 +96,31 @@ def _probe_routes(daemon: Daemon) -> list[Route]:
 def _api_routes(daemon: Daemon) -> list[Route]:
     async def apps(_: Request) -> Response:
         now = daemon.clock.now()
-        return JSONResponse(
-            {"apps": [describe(r.status(), now) for r in daemon.refreshers.values()]}
-        )
+        return JSONResponse({"apps": [_describe_app(daemon, n, now) for n in daemon.refreshers]})
 
     async def one_app(request: Request) -> Response:
         refresher = daemon.find(request.path_params["name"])
         if refresher is None:
             return _unknown_app(daemon, request.path_params["name"])
-        return JSONResponse(describe(refresher.status(), daemon.clock.now()))
+        return JSONResponse(_describe_app(daemon, refresher.app.name, daemon.clock.now()))
+
+    async def jssdk_signature(request: Request) -> Response:
+        refresher = daemon.find(request.path_params["name"])
+        if refresher is None:
+            return _unknown_app(daemon, request.path_params["name"])
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+            return JSONResponse({"error": 'send JSON {"url": "<the page URL>"}'}, status_code=400)
+        try:
+            fields = sign_page(
+                daemon, refresher.app.name, body["url"], agent=body.get("agent") is True
+            )
+        except SigningError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse(fields)
 
     async def refresh(request: Request) -> Response:
         refresher = daemon.find(request.path_params["name"])
@@ -119,7 +137,48 @@ def _api_routes(daemon: Daemon) -> list[Route]:
         Route("/v1/apps", apps, methods=["GET"]),
         Route("/v1/apps/{name}", one_app, methods=["GET"]),
         Route("/v1/apps/{name}/refresh", refresh, methods=["POST"]),
+        Route("/v1/apps/{name}/jssdk-signature", jssdk_signature, methods=["POST"]),
     ]
+
+
+def _describe_app(daemon: Daemon, name: str, now: float) -> dict[str, Any]:
+    data = describe(daemon.refreshers[name].status(), now)
+    tickets = daemon.tickets.get(name, {})
+    if tickets:
+        data["tickets"] = {kind: describe(t.status(), now) for kind, t in tickets.items()}
+    return data
+
+
+class SigningError(Exception):
+    """Why a page cannot be signed now; ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def sign_page(daemon: Daemon, name: str, url: str, *, agent: bool = False) -> dict[str, object]:
+    """wx.config (or, for WeCom with ``agent``, wx.agentConfig) fields for ``url``."""
+    app = daemon.refreshers[name].app
+    kind = "agent_config" if agent else "jsapi"
+    ticket = daemon.tickets.get(name, {}).get(kind)
+    if ticket is None:
+        raise SigningError(f"{name} keeps no {kind} ticket: add tickets: [{kind}] to it", 409)
+    if ticket.record is None or not ticket.has_valid_token():
+        raise SigningError(f"{name} has no valid {kind} ticket yet: {ticket.status().state}", 503)
+    return signed_fields(app, ticket.record.access_token, url, int(daemon.clock.now()), agent)
+
+
+def signed_fields(
+    app: AppConfig, ticket: str, url: str, timestamp: int, agent: bool
+) -> dict[str, object]:
+    try:
+        fields = jssdk_config(app_id=app.appid, ticket=ticket, url=url, timestamp=timestamp)
+    except ValueError as exc:
+        raise SigningError(str(exc), 400) from None
+    if agent:  # wx.agentConfig names the corp and the application
+        fields = {"corpid": fields.pop("appId"), "agentid": app.agentid, **fields}
+    return fields
 
 
 def passive_response(answer: Passive, now: float) -> Response:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wxtokend import __version__, emulator, logs
+from wxtokend.admin import SigningError, signed_fields
 from wxtokend.config import Config, json_schema, load_config
 from wxtokend.daemon import run_daemon
 from wxtokend.errors import ConfigError, FetchError, StateFileError, WxTokendError
@@ -91,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("name", help="the app's name (or appid)")
     config_option(get)
 
+    sign = command("sign", "Print wx.config fields (JS-SDK signature) for a page.", _sign)
+    sign.add_argument("name", help="the app's name (or appid)")
+    sign.add_argument("--url", required=True, help="the page's full URL (its #fragment is dropped)")
+    sign.add_argument(
+        "--agent",
+        action="store_true",
+        help="WeCom: sign wx.agentConfig with the agent_config ticket",
+    )
+    config_option(sign)
+
     command("schema", "Print the config file's JSON Schema.", _schema)
 
     emulate = command("emulate", "Run the local WeChat emulator.", emulator.run_from_args)
@@ -146,6 +157,45 @@ def _get(args: argparse.Namespace) -> int:
         )
         return 1
     sys.stdout.write(record.access_token + ("\n" if sys.stdout.isatty() else ""))
+    return 0
+
+
+def _fail(message: str) -> None:
+    print(f"wxtokend: {message}", file=sys.stderr)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    config = _load(args, secrets=False)
+    app = config.app(args.name)
+    if app is None:
+        print(f"wxtokend: no app named {args.name!r} in {config.path}", file=sys.stderr)
+        return 2
+    kind = "agent_config" if args.agent else "jsapi"
+    if kind not in app.tickets:
+        print(
+            f"wxtokend: {app.name} keeps no {kind} ticket: add tickets: [{kind}]", file=sys.stderr
+        )
+        return 2
+    store = TokenStore(directory=config.output_dir, file_mode=config.file_mode)
+    try:
+        record = store.load(app.name, kind)
+    except StateFileError as exc:
+        print(f"wxtokend: the {kind} ticket file is unusable: {exc}", file=sys.stderr)
+        return 1
+    now = time.time()
+    problem = _token_problem(record, app.appid, now)
+    if record is None or problem:
+        print(
+            f"wxtokend: {app.name} {kind} ticket: {problem} — is the daemon running?",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        fields = signed_fields(app, record.access_token, args.url, int(now), args.agent)
+    except SigningError as exc:
+        print(f"wxtokend: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(fields, ensure_ascii=False))
     return 0
 
 

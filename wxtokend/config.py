@@ -15,6 +15,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,16 +29,27 @@ from wxtokend.errors import ConfigError
 from wxtokend.redact import Secret
 
 __all__ = [
+    "DEFAULT_WECOM_API_BASE",
+    "TICKETS_FOR",
     "AdminConfig",
     "AppConfig",
     "Config",
     "Grant",
+    "GrantChoice",
+    "Ticket",
     "json_schema",
     "load_config",
     "parse_duration",
 ]
 
-Grant = Literal["stable", "classic"]
+Grant = Literal["stable", "classic", "wecom"]  # how a token is fetched (wecom: gettoken)
+GrantChoice = Literal["stable", "classic"]  # what an official app's config may say
+Ticket = Literal["jsapi", "wx_card", "agent_config"]
+TICKETS_FOR: dict[str, frozenset[str]] = {
+    "official": frozenset({"jsapi", "wx_card"}),
+    "wecom": frozenset({"jsapi", "agent_config"}),
+}
+DEFAULT_WECOM_API_BASE = "https://qyapi.weixin.qq.com"
 
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
 OUTPUT_DIR_MODE = 0o750
@@ -97,16 +109,31 @@ Group = Annotated[str | None, BeforeValidator(_parse_group)]
 
 
 class _AppModel(BaseModel):
-    """One WeChat app (Official Account, Mini Program, ...) whose token wxtokend keeps."""
+    """One app whose token wxtokend keeps: an Official Account, Mini Program, ...
+    (kind: official, the default) or a WeCom application (kind: wecom)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    appid: str = Field(description="The AppID, e.g. wx0123456789abcdef.")
-    name: str | None = Field(None, description="File name in output_dir; defaults to the appid.")
-    grant: Grant = Field(
-        "stable",
-        description="stable (/cgi-bin/stable_token, recommended) or classic (/cgi-bin/token).",
+    kind: Literal["official", "wecom"] = Field(
+        "official", description="official (Official Account, Mini Program, ...) or wecom."
     )
+    appid: str | None = Field(None, description="The AppID, e.g. wx0123456789abcdef.")
+    corpid: str | None = Field(None, description="WeCom: the CorpID, e.g. ww0123456789abcdef.")
+    agentid: int | None = Field(None, description="WeCom: the application's AgentId.")
+    name: str | None = Field(
+        None, description="File name in output_dir; defaults to the appid (required for WeCom)."
+    )
+    grant: GrantChoice | None = Field(
+        None,
+        description="stable (/cgi-bin/stable_token, the default) or classic (/cgi-bin/token);"
+        " not for WeCom.",
+    )
+    tickets: list[Ticket] = Field(
+        default_factory=list,
+        description="Tickets kept beside the token: jsapi and wx_card (official apps),"
+        " jsapi and agent_config (WeCom).",
+    )
+    api_base: str | None = Field(None, description="This app's API base, if not the default.")
     secret_file: str | None = Field(None, description="File holding the AppSecret.")
     secret_env: str | None = Field(
         None, description="Environment variable holding it.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -115,10 +142,10 @@ class _AppModel(BaseModel):
         None, description="The AppSecret inline (keep the config file private)."
     )
 
-    @field_validator("appid")
+    @field_validator("appid", "corpid")
     @classmethod
-    def _appid_shape(cls, value: str) -> str:
-        if not _APPID.fullmatch(value):
+    def _id_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _APPID.fullmatch(value):
             raise ValueError("must be 1-128 visible ASCII characters, e.g. wx0123456789abcdef")
         return value
 
@@ -128,6 +155,11 @@ class _AppModel(BaseModel):
         if value is not None:
             _check_name(value)
         return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _app_api_base(cls, value: str | None) -> str | None:
+        return _check_http_url(value)
 
 
 class _AdminModel(BaseModel):
@@ -190,6 +222,7 @@ class _ConfigModel(BaseModel):
         None, description="Group (name or gid) given to token files: the consumers' group."
     )
     api_base: str = Field(DEFAULT_API_BASE, description="WeChat API base URL.")
+    wecom_api_base: str = Field(DEFAULT_WECOM_API_BASE, description="WeCom API base URL.")
     proxy: str | None = Field(None, description="HTTP(S) proxy for every WeChat call.")
     max_concurrency: int = Field(
         16, ge=1, le=1024, strict=True, description="Upstream calls in flight."
@@ -206,21 +239,25 @@ class _ConfigModel(BaseModel):
     admin: _AdminModel = Field(default_factory=lambda: _AdminModel.model_validate({}))
     apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
 
-    @field_validator("api_base", "proxy")
+    @field_validator("api_base", "wecom_api_base", "proxy")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        problem = "must be an http:// or https:// URL without query, e.g. https://host"
-        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
-            raise ValueError(problem)
-        try:
-            port = httpx.URL(value).port
-        except (httpx.InvalidURL, ValueError):
-            raise ValueError(problem) from None
-        if port is not None and not 0 < port < 65536:
-            raise ValueError(f"port {port} is not between 1 and 65535")
-        return value.rstrip("/")
+        return _check_http_url(value)
+
+
+def _check_http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    problem = "must be an http:// or https:// URL without query, e.g. https://host"
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ValueError(problem)
+    try:
+        port = httpx.URL(value).port
+    except (httpx.InvalidURL, ValueError):
+        raise ValueError(problem) from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"port {port} is not between 1 and 65535")
+    return value.rstrip("/")
 
 
 _FIXES = {
@@ -247,13 +284,16 @@ _FIXES = {
 class AppConfig:
     """One app, validated and with its secret already read."""
 
-    appid: str
+    appid: str  # the CorpID for WeCom applications
     name: str
     grant: Grant
     secret: Secret
     secret_source: str
     api_base: str = DEFAULT_API_BASE
     secret_file: Path | None = None  # watched for changes by the daemon
+    kind: Literal["official", "wecom"] = "official"
+    tickets: tuple[Ticket, ...] = ()
+    agentid: int | None = None
 
     def fetches_like(self, other: AppConfig) -> bool:
         """Whether a token fetched for ``other`` is this app's token too."""
@@ -512,10 +552,22 @@ class _Resolver:
 
     def _app(self, index: int, app: _AppModel) -> AppConfig | None:
         where = f"apps[{index}]"
-        name = app.name if app.name is not None else app.appid
+        ident = self._identity(where, app)
+        if ident is None:
+            return None
+        name = app.name if app.name is not None else ident
         if app.name is None and not _NAME.fullmatch(name):
             self._fail(f"{where}.appid", "can't be used as a file name", "set name: for this app")
             return None
+        allowed = TICKETS_FOR[app.kind]
+        for i, ticket in enumerate(app.tickets):
+            if ticket not in allowed:
+                self._fail(
+                    f"{where}.tickets[{i}]",
+                    f"{ticket} is not a ticket of a {app.kind} app",
+                    "use " + " or ".join(sorted(allowed)),
+                )
+                return None
         sources = [
             k for k in ("secret_file", "secret_env", "secret") if getattr(app, k) is not None
         ]
@@ -531,17 +583,52 @@ class _Resolver:
         if secret is None:
             return None
         source = sources[0]
+        wecom = app.kind == "wecom"
+        default_base = self.model.wecom_api_base if wecom else self.model.api_base
         return AppConfig(
-            appid=app.appid,
+            appid=ident,
             name=name,
-            grant=app.grant,
-            api_base=self.model.api_base,
+            grant="wecom" if wecom else (app.grant or "stable"),
+            kind=app.kind,
+            tickets=tuple(dict.fromkeys(app.tickets)),
+            agentid=app.agentid,
+            api_base=app.api_base or default_base,
             secret_file=self.base / app.secret_file if app.secret_file else None,
             secret=Secret(secret),
             secret_source=f"{source} {getattr(app, source)}"
             if source != "secret"
             else "secret: in the config file",
         )
+
+    def _identity(self, where: str, app: _AppModel) -> str | None:
+        """The appid (or a WeCom app's corpid), checking the keys that go with the kind."""
+        if app.kind == "official":
+            for key in ("corpid", "agentid"):
+                if getattr(app, key) is not None:
+                    self._fail(
+                        f"{where}.{key}", "is for WeCom apps", "add kind: wecom, or remove it"
+                    )
+                    return None
+            if app.appid is None:
+                self._fail(f"{where}.appid", "is required but missing", "add appid: (wx...)")
+            return app.appid
+        if app.appid is not None:
+            self._fail(f"{where}.appid", "WeCom apps have a corpid", "write corpid: instead")
+            return None
+        if app.grant is not None:
+            self._fail(f"{where}.grant", "WeCom apps have no grant", "remove grant:")
+            return None
+        if app.corpid is None:
+            self._fail(f"{where}.corpid", "is required but missing", "add corpid: (ww...)")
+            return None
+        if app.name is None:
+            self._fail(
+                f"{where}.name",
+                "is required for WeCom apps (one corp has several applications)",
+                "add name:, e.g. hr-app",
+            )
+            return None
+        return app.corpid
 
     def _secret(self, where: str, app: _AppModel) -> str | None:
         if app.secret is not None:
@@ -597,22 +684,42 @@ class _Resolver:
 
     def _duplicates(self, apps: tuple[AppConfig | None, ...]) -> None:
         flagged: set[int] = set()
-        for attr in ("appid", "name"):
-            first: dict[str, int] = {}
+        checks: list[tuple[str, Callable[[AppConfig], object]]] = [
+            ("appid", lambda a: a.appid if a.kind == "official" else None),
+            # Without secrets loaded (get, sign) every secret is blank: nothing to compare.
+            (
+                "secret",
+                lambda a: (a.appid, a.secret) if a.kind == "wecom" and self.secrets else None,
+            ),
+            ("name", lambda a: a.name),
+        ]
+        for attr, key_of in checks:
+            first: dict[object, int] = {}
             for i, app in enumerate(apps):
-                if app is None or i in flagged:
+                if app is None or i in flagged or key_of(app) is None:
                     continue
-                value = getattr(app, attr)
+                value = key_of(app)
                 if value not in first:
                     first[value] = i
                     continue
                 flagged.add(i)
-                explicit = attr == "name" and self.model.apps[i].name is not None
-                self._fail(
-                    f"apps[{i}].{'name' if explicit else 'appid'}",
-                    f"{attr} {value!r} is already used by apps[{first[value]}]",
-                    f"give every app its own {attr}",
-                )
+                self._fail(*self._duplicate(i, attr, app, first[value]))
+
+    def _duplicate(self, i: int, attr: str, app: AppConfig, other: int) -> tuple[str, str, str]:
+        if attr == "secret":
+            return (
+                f"apps[{i}]",
+                f"corpid {app.appid!r} with the same secret as apps[{other}]: the same"
+                " WeCom application twice",
+                "each WeCom application has its own secret; keep one entry",
+            )
+        explicit = attr == "name" and self.model.apps[i].name is not None
+        value = app.name if attr == "name" else app.appid
+        return (
+            f"apps[{i}].{'name' if explicit else 'appid'}",
+            f"{attr} {value!r} is already used by apps[{other}]",
+            f"give every app its own {attr}",
+        )
 
     def _group(self) -> int | None:
         group = self.model.file_group

@@ -21,14 +21,14 @@ from starlette.applications import Starlette
 from wxtokend import asgi
 from wxtokend.admin import admin_app, probe_app
 from wxtokend.clock import Clock, SystemClock
-from wxtokend.config import AppConfig, Config, load_config
+from wxtokend.config import AppConfig, Config, Ticket, load_config
 from wxtokend.errors import ConfigError, ListenError, OutputDirError
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.notify import Notifier
-from wxtokend.refresher import Refresher, TokenSource
+from wxtokend.refresher import Refresher, TicketRefresher, Upstream
 from wxtokend.schedule import Policy, Rng
-from wxtokend.store import TokenStore
+from wxtokend.store import TICKET_KINDS, TOKEN, TokenStore
 from wxtokend.watch import ConfigWatcher, content_fingerprint
 from wxtokend.wechat import WeChatClient
 
@@ -48,7 +48,7 @@ class Daemon:
         self,
         config: Config,
         *,
-        source: TokenSource | None = None,
+        source: Upstream | None = None,
         clock: Clock | None = None,
         rng: Rng | None = None,
         notifier: Notifier | None = None,
@@ -77,7 +77,9 @@ class Daemon:
         self._policy = Policy(stable_window=config.stable_renew_window)
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._log = get_logger()
-        self.refreshers: dict[str, Refresher] = {}
+        self.refreshers: dict[str, Refresher] = {}  # each app's token, by app name
+        self.tickets: dict[str, dict[str, TicketRefresher]] = {}  # its tickets, by type
+        self._loops: dict[str, Refresher] = {}  # every loop: "shop", "shop/jsapi", ...
         self._by_appid: dict[str, Refresher] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_requested = asyncio.Event()
@@ -97,13 +99,22 @@ class Daemon:
     def find_appid(self, appid: str) -> Refresher | None:
         return self._by_appid.get(appid)
 
+    def wecom_applications(self, corpid: str) -> list[Refresher]:
+        """Every configured WeCom application of ``corpid``."""
+        return [
+            r for r in self.refreshers.values() if r.app.kind == "wecom" and r.app.appid == corpid
+        ]
+
     def readiness(self) -> dict[str, str]:
-        """Apps without a valid token on disk, and why."""
+        """Apps without a valid token (or one of their tickets) on disk, and why."""
         missing = {}
         for name, refresher in self.refreshers.items():
-            if not refresher.has_valid_token() or refresher.write_error:
-                status = refresher.status()
-                missing[name] = status.last_error or status.state
+            for loop in (refresher, *self.tickets.get(name, {}).values()):
+                if not loop.has_valid_token() or loop.write_error:
+                    status = loop.status()
+                    what = "" if loop.kind == TOKEN else f"{loop.kind} ticket: "
+                    missing[name] = what + (status.last_error or status.state)
+                    break
         return missing
 
     def health(self) -> list[str]:
@@ -114,7 +125,7 @@ class Daemon:
             if task.done():
                 problems.append(f"{name}: its refresh loop has stopped")
                 continue
-            why = self.refreshers[name].stuck(fetch_limit=limit)
+            why = self._loops[name].stuck(fetch_limit=limit)
             if why:
                 problems.append(f"{name}: {why}")
         return problems
@@ -150,9 +161,9 @@ class Daemon:
             ) from None
         if removed:
             self._log.info("removed temp files left by a crash", files=removed)
-        for refresher in self.refreshers.values():
-            refresher.adopt_stored()
-        return list(self.refreshers.values())
+        for loop in self._loops.values():
+            loop.adopt_stored()
+        return list(self._loops.values())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh every app, serve the admin API and follow the config until ``stop``."""
@@ -187,17 +198,26 @@ class Daemon:
             self._log.info("stopped")
 
     async def once(self) -> bool:
-        """Make sure every app has a valid token on disk; True if all do."""
-        refreshers = self.start()
+        """Make sure every app has a valid token (and tickets) on disk; True if all do."""
+        self.start()
+        tokens = list(self.refreshers.values())
+        tickets = [t for kinds in self.tickets.values() for t in kinds.values()]
+        refreshers = tokens + tickets
         try:
-            results = await asyncio.gather(*(r.ensure() for r in refreshers))
+            # Tickets are fetched with the tokens: tokens first.
+            results = await asyncio.gather(*(r.ensure() for r in tokens))
+            results += await asyncio.gather(*(t.ensure() for t in tickets))
         finally:
             await self.aclose()
         for refresher, ok in zip(refreshers, results, strict=True):
             if not ok:
                 status = refresher.status()
+                what = "token" if refresher.kind == TOKEN else f"{refresher.kind} ticket"
                 self._log.error(
-                    "no valid token", app=status.name, error=status.last_error, hint=status.hint
+                    f"no valid {what}",
+                    app=status.name,
+                    error=status.last_error,
+                    hint=status.hint,
                 )
         return all(results)
 
@@ -208,7 +228,8 @@ class Daemon:
 
     # -- refreshers ----------------------------------------------------------
 
-    def _add(self, app: AppConfig) -> Refresher:
+    def _add(self, app: AppConfig) -> list[Refresher]:
+        """The loops of a new app: its token, then each of its tickets."""
         refresher = Refresher(
             app,
             source=self._source,
@@ -223,27 +244,69 @@ class Daemon:
             on_written=self._written.set,
         )
         self.refreshers[app.name] = refresher
+        self._loops[app.name] = refresher
         self._by_appid[app.appid] = refresher
         REDACTOR.register(f"secret:{app.name}", app.secret.reveal(), label="<secret>")
-        return refresher
+        self.tickets[app.name] = {}
+        return [refresher, *(self._add_ticket(app, kind) for kind in app.tickets)]
 
-    def _spawn(self, refresher: Refresher) -> None:
-        name = refresher.app.name
-        self._tasks[name] = asyncio.create_task(self._supervise(refresher), name=name)
+    def _add_ticket(self, app: AppConfig, kind: Ticket) -> TicketRefresher:
+        ticket = TicketRefresher(
+            app,
+            kind,
+            tokens=self.refreshers[app.name],
+            tickets=self._source,
+            store=self.store,
+            clock=self.clock,
+            rng=self._rng,
+            policy=self._policy,
+            semaphore=self._semaphore,
+            metrics=self.metrics,
+            on_written=self._written.set,
+        )
+        self.tickets[app.name][kind] = ticket
+        self._loops[f"{app.name}/{kind}"] = ticket
+        return ticket
+
+    def _spawn(self, loop: Refresher) -> None:
+        key = loop.app.name if loop.kind == TOKEN else f"{loop.app.name}/{loop.kind}"
+        self._tasks[key] = asyncio.create_task(self._supervise(loop), name=key)
+
+    async def _stop_loop(self, key: str) -> None:
+        loop = self._loops.pop(key)
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            await _cancel([task])
+        await loop.close()  # lets an in-flight fetch finish; then it writes nothing
 
     async def _remove(self, name: str, *, delete_files: bool) -> None:
         refresher = self.refreshers.pop(name)
         if self._by_appid.get(refresher.app.appid) is refresher:  # appids may swap names
             del self._by_appid[refresher.app.appid]
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            await _cancel([task])
-        await refresher.close()  # lets an in-flight passive fetch finish; then it writes nothing
+        for kind in self.tickets.pop(name, {}):
+            await self._stop_loop(f"{name}/{kind}")
+        await self._stop_loop(name)
         if delete_files:
             self.store.remove(name)
             self.metrics.forget(name)
         REDACTOR.forget(f"secret:{name}")
-        REDACTOR.forget(f"token:{name}")
+        for kind in (TOKEN, *TICKET_KINDS):
+            REDACTOR.forget(f"{kind}:{name}")
+
+    async def _retune_tickets(self, app: AppConfig) -> list[str]:
+        """A kept app whose ticket list changed: start new ticket loops, stop dropped ones."""
+        current = self.tickets[app.name]
+        dropped = [k for k in current if k not in app.tickets]
+        for kind in dropped:
+            del current[kind]
+            await self._stop_loop(f"{app.name}/{kind}")
+            self.store.remove(app.name, (kind,))
+        started = [k for k in app.tickets if k not in current]
+        for kind in started:
+            ticket = self._add_ticket(app, kind)
+            ticket.adopt_stored()
+            self._spawn(ticket)
+        return [f"{app.name}/{k}" for k in (*dropped, *started)]
 
     async def _supervise(self, refresher: Refresher) -> None:
         """Keep a refresher alive: a bug in one app's loop must not stop the others."""
@@ -395,18 +458,30 @@ class Daemon:
         for name in changed:
             appid_changed = old_apps[name].appid != new_apps[name].appid
             await self._remove(name, delete_files=appid_changed)
-            refresher = self._add(new_apps[name])
+            token, *tickets = self._add(new_apps[name])
             # Keep serving the old token (same appid: still valid) until the refetch lands.
-            refresher.adopt_stored(refetch=True)
-            self._spawn(refresher)
+            token.adopt_stored(refetch=True)
+            for loop in (token, *tickets):
+                if loop is not token:
+                    loop.adopt_stored()
+                self._spawn(loop)
         for name in added:
-            refresher = self._add(new_apps[name])
-            refresher.adopt_stored()
-            self._spawn(refresher)
+            for loop in self._add(new_apps[name]):
+                loop.adopt_stored()
+                self._spawn(loop)
+        tickets_changed: list[str] = []
         for name, app in new_apps.items():
             if name not in added and name not in changed:
-                self.refreshers[name].reconfigure(app, policy=self._policy)
-        return {"added": added, "removed": removed, "refetched": changed}
+                for loop in (self.refreshers[name], *self.tickets[name].values()):
+                    loop.reconfigure(app, policy=self._policy)
+                if set(app.tickets) != set(self.tickets[name]):
+                    tickets_changed += await self._retune_tickets(app)
+        return {
+            "added": added,
+            "removed": removed,
+            "refetched": changed,
+            "tickets": tickets_changed,
+        }
 
 
 def _with_runtime_settings(new: Config, old: Config) -> Config:

@@ -9,7 +9,8 @@ The tree::
     ├── ListenError               an admin address can't be listened on
     └── FetchError                WeChat gave no usable token (carries errcode + hint)
         ├── TransientError        -1, HTTP 5xx, timeouts, connection errors: back off, retry
-        │   └── MalformedResponse 200 but not a usable token (garbage, truncated, bad fields)
+        │   ├── MalformedResponse 200 but not a usable token (garbage, truncated, bad fields)
+        │   └── TokenRejectedError a ticket fetch was refused for its access_token: refresh it
         ├── MinuteQuotaError      45011: wait for the next minute
         ├── DailyQuotaError       45009: stop until the quota resets at 00:00 UTC+8
         ├── AdminWaitError        89501/89503/89506/89507: an admin must act; wait as told
@@ -35,6 +36,7 @@ __all__ = [
     "MinuteQuotaError",
     "OutputDirError",
     "StateFileError",
+    "TokenRejectedError",
     "TransientError",
     "UnknownErrcodeError",
     "WxTokendError",
@@ -95,6 +97,12 @@ class MalformedResponse(TransientError):
     """A reply that is not a usable token; treated as transient, never written."""
 
     outcome = "malformed"
+
+
+class TokenRejectedError(TransientError):
+    """40001/40014/42001 on a ticket fetch: the access_token is dead, not the ticket call."""
+
+    outcome = "token_rejected"
 
 
 class MinuteQuotaError(FetchError):

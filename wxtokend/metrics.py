@@ -31,7 +31,8 @@ class Metrics:
         r = self.registry
         self._refresh = Counter(
             "wxtokend_refresh",
-            "Refresh attempts by outcome (ok, reused, unchanged, transient, fatal, ...).",
+            "Refresh attempts by outcome (ok, reused, unchanged, transient, fatal, ...);"
+            " grant is the token's grant, or jsapi_ticket, wx_card_ticket, agent_config_ticket.",
             ["app", "grant", "outcome", "errcode"],
             registry=r,
         )
@@ -52,6 +53,12 @@ class Metrics:
             "wxtokend_token_expiry_timestamp_seconds",
             "When the token on disk expires (unix seconds).",
             ["app"],
+            registry=r,
+        )
+        self._ticket_expiry = Gauge(
+            "wxtokend_ticket_expiry_timestamp_seconds",
+            "When a ticket on disk expires (unix seconds).",
+            ["app", "ticket"],
             registry=r,
         )
         self._last_success = Gauge(
@@ -88,7 +95,17 @@ class Metrics:
         self._upstream.labels(app, endpoint).inc()
         self._duration.labels(endpoint).observe(seconds)
 
-    def token(self, app: str, *, expires_at: float, fetched: float | None = None) -> None:
+    def token(
+        self,
+        app: str,
+        *,
+        expires_at: float,
+        fetched: float | None = None,
+        kind: str = "access_token",
+    ) -> None:
+        if kind != "access_token":
+            self._ticket_expiry.labels(app, kind).set(expires_at)
+            return
         self._expiry.labels(app).set(expires_at)
         if fetched is not None:
             self._last_success.labels(app).set(fetched)
@@ -111,6 +128,9 @@ class Metrics:
         for gauge in (self._expiry, self._last_success, self._failures):
             with contextlib.suppress(KeyError):
                 gauge.remove(app)
+        for kind in ("jsapi", "wx_card", "agent_config"):
+            with contextlib.suppress(KeyError):
+                self._ticket_expiry.remove(app, kind)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

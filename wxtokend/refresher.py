@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from wxtokend.clock import Clock, iso
-from wxtokend.config import AppConfig
+from wxtokend.config import AppConfig, Grant, Ticket
 from wxtokend.errors import (
     AdminWaitError,
     DailyQuotaError,
     FatalConfigError,
     FetchError,
     StateFileError,
+    TokenRejectedError,
     TransientError,
     UnknownErrcodeError,
 )
@@ -43,10 +44,18 @@ from wxtokend.schedule import (
     retry_at,
     unchanged_retry_at,
 )
-from wxtokend.store import Record, TokenStore
+from wxtokend.store import TOKEN, Record, TokenStore
 from wxtokend.wechat import Token
 
-__all__ = ["AppStatus", "Passive", "Refresher", "TokenSource"]
+__all__ = [
+    "AppStatus",
+    "Passive",
+    "Refresher",
+    "TicketRefresher",
+    "TicketSource",
+    "TokenSource",
+    "Upstream",
+]
 
 State = Literal["pending", "ok", "failing", "expired"]
 PassiveResult = Literal[
@@ -61,6 +70,16 @@ class TokenSource(Protocol):
     """Where tokens come from: the WeChat client, or a fake in tests."""
 
     async def fetch_token(self, app: AppConfig, *, force: bool = False) -> Token: ...
+
+
+class TicketSource(Protocol):
+    """Where tickets come from: the WeChat client, or a fake in tests."""
+
+    async def fetch_ticket(self, app: AppConfig, kind: Ticket, access_token: str) -> Token: ...
+
+
+class Upstream(TokenSource, TicketSource, Protocol):
+    """Both: what the daemon talks to."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +110,8 @@ class Passive:
 
 class Refresher:
     """Keeps one app's token files fresh."""
+
+    kind = TOKEN  # what this loop keeps: the token here, a ticket in TicketRefresher
 
     def __init__(
         self,
@@ -124,7 +145,9 @@ class Refresher:
         self._on_written = on_written
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._log = get_logger(app=app.name, appid=app.appid, grant=app.grant)
+        self._log = get_logger(
+            app=app.name, appid=app.appid, grant=app.grant, **self._log_context()
+        )
         self.record: Record | None = None
         self.next_at = clock.now()
         self._planned = self.next_at  # the refresh point, kept while a file write is retried
@@ -137,6 +160,27 @@ class Refresher:
         self._flights: dict[str, asyncio.Future[Passive]] = {}
         self._last_passive = float("-inf")
         self._forces: list[float] = []
+
+    # -- what this loop keeps (TicketRefresher overrides these) ---------------
+
+    def _log_context(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def schedule_grant(self) -> Grant:
+        """Which timing rules apply: the app's grant for its token."""
+        return self.app.grant
+
+    @property
+    def credential(self) -> str:
+        """The label in metrics and status: the grant for a token, ``jsapi_ticket`` etc."""
+        return self.app.grant
+
+    async def _upstream(self, *, force: bool) -> Token:
+        """The network call, holding a semaphore slot only while on the wire."""
+        async with self._semaphore:
+            self.busy_since = self._clock.monotonic()
+            return await self._source.fetch_token(self.app, force=force)
 
     # -- state ---------------------------------------------------------------
 
@@ -160,7 +204,7 @@ class Refresher:
         return AppStatus(
             name=self.app.name,
             appid=self.app.appid,
-            grant=self.app.grant,
+            grant=self.credential,
             state=state,
             expires_at=record.expires_at if record else None,
             fingerprint=fingerprint(record.access_token) if record else None,
@@ -202,7 +246,7 @@ class Refresher:
         ``refetch``: serve it, but fetch a new one at once (a reload changed the secret).
         """
         try:
-            record = self._store.load(self.app.name)
+            record = self._store.load(self.app.name, self.kind)
         except StateFileError as exc:
             self._log.warning("state file ignored", reason=str(exc), fix="it will be replaced")
             return False
@@ -210,7 +254,7 @@ class Refresher:
             return False
         if record.appid != self.app.appid:
             # Another account's token must not be served under this app's name.
-            self._store.remove(self.app.name)
+            self._store.remove(self.app.name, (self.kind,))
             self._log.warning(
                 "state file removed",
                 reason=f"it holds a token of appid {record.appid}, not {self.app.appid}",
@@ -232,9 +276,9 @@ class Refresher:
             # Interrupted: WeChat may have issued a newer token, killing this one soon.
             self.next_at = self._planned = now
         self._save(record)  # repairs a bare file left behind by a crash; no-op otherwise
-        REDACTOR.register(f"token:{self.app.name}", record.access_token, label="<token>")
-        self._metrics.refresh(self.app.name, self.app.grant, "reused", None)
-        self._metrics.token(self.app.name, expires_at=record.expires_at)
+        REDACTOR.register(f"{self.kind}:{self.app.name}", record.access_token, label="<token>")
+        self._metrics.refresh(self.app.name, self.credential, "reused", None)
+        self._metrics.token(self.app.name, expires_at=record.expires_at, kind=self.kind)
         self._log.info(
             "refresh",
             outcome="reused",
@@ -290,9 +334,7 @@ class Refresher:
             return False
         self._mark_refreshing()
         try:
-            async with self._semaphore:
-                self.busy_since = self._clock.monotonic()  # on the wire, not queued
-                token = await self._source.fetch_token(self.app, force=force)
+            token = await self._upstream(force=force)
         except FetchError as error:
             self._failed(error)
             return False
@@ -460,6 +502,7 @@ class Refresher:
                 expires_at=previous.expires_at,
                 rng=self._rng,
                 policy=self._policy,
+                grant=self.schedule_grant,
             )
             self._log_refresh("unchanged", token, now)
             return
@@ -469,19 +512,22 @@ class Refresher:
             name=self.app.name,
             grant=self.app.grant,
             api_base=self.app.api_base,
+            kind=self.kind,
         )
-        REDACTOR.register(f"token:{self.app.name}", token.access_token, label="<token>")
+        REDACTOR.register(f"{self.kind}:{self.app.name}", token.access_token, label="<token>")
         self.record = record
         self._planned = refresh_at(
             now=now,
             fetched_at=token.fetched_at,
             expires_at=token.expires_at,
-            grant=self.app.grant,
+            grant=self.schedule_grant,
             rng=self._rng,
             policy=self._policy,
         )
         saved = self._write(record)
-        self._metrics.token(self.app.name, expires_at=record.expires_at, fetched=now)
+        self._metrics.token(
+            self.app.name, expires_at=record.expires_at, fetched=now, kind=self.kind
+        )
         self._log_refresh("ok" if saved else "unsaved", token, now)
 
     def _failed(self, error: FetchError) -> None:
@@ -497,7 +543,7 @@ class Refresher:
             policy=self._policy,
             expires_at=valid_until,
         )
-        self._metrics.refresh(self.app.name, self.app.grant, error.outcome, error.errcode)
+        self._metrics.refresh(self.app.name, self.credential, error.outcome, error.errcode)
         self._metrics.failures(self.app.name, self.failures)
         log = self._log.warning if isinstance(error, TransientError) else self._log.error
         if isinstance(error, DailyQuotaError):
@@ -518,7 +564,7 @@ class Refresher:
         self._mark_if_expired()
 
     def _log_refresh(self, outcome: str, token: Token, now: float) -> None:
-        self._metrics.refresh(self.app.name, self.app.grant, outcome, 0)
+        self._metrics.refresh(self.app.name, self.credential, outcome, 0)
         self._log.info(
             "refresh",
             outcome=outcome,
@@ -564,7 +610,7 @@ class Refresher:
     def _mark_refreshing(self) -> None:
         """Before a classic fetch, note it in the JSON: it will invalidate the current token."""
         record = self.record
-        if self.app.grant == "classic" and record is not None and not self._unsaved:
+        if self.schedule_grant == "classic" and record is not None and not self._unsaved:
             self._save(record.refreshing(self._clock.now()))
 
     def _mark_if_expired(self, *, force: bool = False) -> None:
@@ -625,7 +671,93 @@ class Refresher:
             now=now,
             fetched_at=record.fetched_at,
             expires_at=record.expires_at,
-            grant=self.app.grant,
+            grant=self.schedule_grant,
             rng=self._rng,
             policy=self._policy,
         )
+
+
+class TicketRefresher(Refresher):
+    """Keeps one of an app's tickets fresh, fetched with the app's current token.
+
+    A ticket fetch refused for its token (40001/40014/42001) goes through the
+    token's compare-and-refresh, then asks once more: one token refresh per dead
+    token, never a loop.
+    """
+
+    def __init__(
+        self,
+        app: AppConfig,
+        kind: Ticket,
+        *,
+        tokens: Refresher,
+        tickets: TicketSource,
+        store: TokenStore,
+        clock: Clock,
+        rng: Rng,
+        policy: Policy,
+        semaphore: asyncio.Semaphore,
+        metrics: Metrics | None = None,
+        on_written: Callable[[], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.ticket: Ticket = kind
+        self._tokens = tokens
+        self._tickets = tickets
+        super().__init__(
+            app,
+            source=tokens._source,
+            store=store,
+            clock=clock,
+            rng=rng,
+            policy=policy,
+            semaphore=semaphore,
+            metrics=metrics,
+            on_written=on_written,
+        )
+
+    def _log_context(self) -> dict[str, str]:
+        return {"ticket": self.kind}
+
+    @property
+    def schedule_grant(self) -> Grant:
+        # Whether a re-fetch invalidates the previous ticket is not documented:
+        # assume it may, like a classic token, and replace tickets well ahead.
+        return "classic"
+
+    @property
+    def credential(self) -> str:
+        return f"{self.kind}_ticket"
+
+    async def _upstream(self, *, force: bool) -> Token:
+        for attempt in (1, 2):
+            token = self._tokens.record
+            if token is None or not self._tokens.has_valid_token():
+                raise TransientError(
+                    "no valid access_token yet", hint="the ticket is fetched once the token is"
+                )
+            try:
+                async with self._semaphore:
+                    self.busy_since = self._clock.monotonic()
+                    return await self._tickets.fetch_ticket(
+                        self.app, self.ticket, token.access_token
+                    )
+            except TokenRejectedError:
+                self.busy_since = None
+                if attempt == 2:
+                    raise
+                answer = await self._tokens.report_rejected(token=token.access_token)
+                self._log.warning(
+                    "the ticket fetch was refused for its token: refreshed the token first",
+                    result=answer.result,
+                )
+        raise AssertionError("unreachable")
+
+    async def report_rejected(
+        self,
+        *,
+        token: str | None = None,
+        token_fingerprint: str | None = None,
+        allow_force: bool = True,
+    ) -> Passive:
+        raise NotImplementedError("passive refresh is for tokens; tickets follow their token")

@@ -8,6 +8,9 @@ Nothing here reads a clock or sleeps, so every rule is tested table-style.
 - Stable: WeChat renews only inside the last ``stable_window`` seconds (a
   normal-mode call before that returns the same token), so aim just inside the
   window, and retry fast there if WeChat has not renewed yet.
+- WeCom: gettoken returns the same token until it expires, so ask right after.
+- Tickets are scheduled like classic tokens: a re-fetch may invalidate the
+  previous ticket, so they are replaced well before expiry.
 - Errors: each class waits as WeChat asks (next minute, next Beijing day,
   10 minutes for what needs a human); transient ones back off exponentially
   with full jitter, capped, never tighter than one second, and always leave a
@@ -64,6 +67,7 @@ class Policy:
     backoff_cap: float = 60.0
     fatal_interval: float = 600.0
     unknown_base: float = 30.0
+    wecom_after: tuple[float, float] = (0.5, 1.5)
 
 
 def _stable_window(policy: Policy, fetched_at: float, expires_at: float) -> float:
@@ -78,6 +82,10 @@ def refresh_at(
     """When a healthy token should be replaced (``now`` if that moment has passed)."""
     if grant == "classic":
         at = fetched_at + (expires_at - fetched_at) * rng.uniform(*policy.classic_fraction)
+    elif grant == "wecom":
+        # WeCom answers with the same token until it expires, then a new one: no
+        # earlier renewal exists, so ask just after the expiry.
+        at = expires_at + rng.uniform(*policy.wecom_after)
     else:
         window = _stable_window(policy, fetched_at, expires_at)
         at = expires_at - window + window * rng.uniform(*policy.stable_aim)
@@ -85,13 +93,21 @@ def refresh_at(
 
 
 def unchanged_retry_at(
-    *, now: float, fetched_at: float, expires_at: float, rng: Rng, policy: Policy
+    *,
+    now: float,
+    fetched_at: float,
+    expires_at: float,
+    rng: Rng,
+    policy: Policy,
+    grant: Grant = "stable",
 ) -> float:
-    """WeChat answered with the token we already hold (stable grant, not renewed yet).
+    """WeChat answered with the token we already hold (stable or WeCom, not renewed yet).
 
     Inside the renewal window: ask again within seconds, since the renewal is
     due. Before it (our clock ran ahead): aim inside the window as usual.
     """
+    if grant == "wecom":
+        return max(now + policy.min_delay, expires_at + policy.wecom_after[0])
     window = _stable_window(policy, fetched_at, expires_at)
     if now < expires_at - window:
         return refresh_at(

@@ -59,9 +59,42 @@ def sdk_routes(daemon: Daemon) -> list[Route]:
             force=body.get("force_refresh") is True,
         )
 
+    async def gettoken(request: Request) -> Response:
+        """WeCom: one corp, several applications, told apart by their secrets."""
+        q = request.query_params
+        corpid, secret = q.get("corpid", ""), q.get("corpsecret", "")
+        if not corpid:
+            return _error(41002, "corpid missing")
+        if not secret:
+            return _error(41004, "corpsecret missing")
+        candidates = daemon.wecom_applications(corpid)
+        if not candidates:
+            return _error(40013, "invalid corpid")
+        # Compare against every application, so timing says nothing about which matched.
+        matches = [
+            r
+            for r in candidates
+            if hmac.compare_digest(secret.encode(), r.app.secret.reveal().encode())
+        ]
+        if not matches:
+            return _error(40001, "invalid credential")
+        refresher, now = matches[0], daemon.clock.now()
+        record = refresher.record
+        if record is None or not refresher.has_valid_token() or record.expires_at - now < 1:
+            return _error(-1, "system busy: wxtokend has no valid token for this application yet")
+        return JSONResponse(
+            {
+                "errcode": 0,
+                "errmsg": "ok",
+                "access_token": record.access_token,
+                "expires_in": _lifetime(refresher, now),
+            }
+        )
+
     return [
         Route("/cgi-bin/token", token, methods=["GET", "POST"]),
         Route("/cgi-bin/stable_token", stable_token, methods=["GET", "POST"]),
+        Route("/cgi-bin/gettoken", gettoken, methods=["GET"]),
     ]
 
 
@@ -75,7 +108,7 @@ async def _answer(
     if not secret:
         return _error(41004, "appsecret missing")
     refresher = daemon.find_appid(appid)
-    if refresher is None:
+    if refresher is None or refresher.app.kind != "official":
         return _error(40013, "invalid appid")
     expected = refresher.app.secret.reveal().encode()
     if not hmac.compare_digest(secret.encode(), expected):

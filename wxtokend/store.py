@@ -28,19 +28,21 @@ from wxtokend.config import OUTPUT_DIR_MODE, Grant
 from wxtokend.errors import StateFileError
 from wxtokend.wechat import MAX_TOKEN_LENGTH, Token, is_valid_token
 
-__all__ = ["Record", "TokenStore", "atomic_write"]
+__all__ = ["TICKET_KINDS", "TOKEN", "Record", "TokenStore", "atomic_write", "file_name"]
 
 _TEMP_MARK = ".tmp-"
+TOKEN = "access_token"  # noqa: S105  # a kind label, not a credential
+TICKET_KINDS = ("jsapi", "wx_card", "agent_config")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Record:
-    """What the files say about one app's token."""
+    """What the files say about one credential: an app's token, or one of its tickets."""
 
     appid: str
     name: str
     grant: Grant
-    access_token: str = field(repr=False)
+    access_token: str = field(repr=False)  # the ticket itself for a ticket record
     expires_at: int
     fetched_at: int
     expired: bool = False
@@ -48,9 +50,19 @@ class Record:
     # Set just before a classic fetch: if the process dies before writing the
     # result, WeChat may have issued a newer token that kills this one.
     refresh_started_at: int | None = None
+    kind: str = TOKEN  # or a ticket type: jsapi, wx_card, agent_config
 
     @classmethod
-    def of(cls, token: Token, *, appid: str, name: str, grant: Grant, api_base: str) -> Record:
+    def of(
+        cls,
+        token: Token,
+        *,
+        appid: str,
+        name: str,
+        grant: Grant,
+        api_base: str,
+        kind: str = TOKEN,
+    ) -> Record:
         # Floor the expiry: a consumer trusting it must never overshoot.
         return cls(
             appid=appid,
@@ -60,7 +72,12 @@ class Record:
             expires_at=math.floor(token.expires_at),
             fetched_at=math.floor(token.fetched_at),
             api_base=api_base,
+            kind=kind,
         )
+
+    @property
+    def file(self) -> str:
+        return file_name(self.name, self.kind)
 
     def as_expired(self) -> Record:
         return replace(self, expired=True)
@@ -74,24 +91,34 @@ class Record:
         return started is not None and started >= self.fetched_at
 
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), ensure_ascii=True) + "\n").encode()
+        data = asdict(self)
+        del data["kind"]
+        if self.kind != TOKEN:
+            # A ticket file says what it holds: {"appid", "name", "type", "ticket", ...}.
+            ticket = data.pop("access_token")
+            data = {"appid": self.appid, "name": self.name, "type": self.kind, "ticket": ticket}
+            data |= {k: v for k, v in asdict(self).items() if k not in ("access_token", "kind")}
+        return (json.dumps(data, ensure_ascii=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Record:
+    def from_json(cls, data: bytes, kind: str = TOKEN) -> Record:
         try:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             raise StateFileError("not valid JSON") from None
         if not isinstance(raw, dict):
             raise StateFileError("not a JSON object")
-        token = raw.get("access_token")
+        key = "access_token" if kind == TOKEN else "ticket"
+        token = raw.get(key)
         if not isinstance(token, str) or not is_valid_token(token):
-            raise StateFileError(f"access_token is not 1-{MAX_TOKEN_LENGTH} visible ASCII chars")
-        for key in ("appid", "name"):
-            if not isinstance(raw.get(key), str):
-                raise StateFileError(f"{key} is missing")
-        if raw.get("grant") not in ("stable", "classic"):
-            raise StateFileError("grant is not stable or classic")
+            raise StateFileError(f"{key} is not 1-{MAX_TOKEN_LENGTH} visible ASCII chars")
+        if kind != TOKEN and raw.get("type") != kind:
+            raise StateFileError(f"it holds a {raw.get('type')!r} ticket, not {kind!r}")
+        for name in ("appid", "name"):
+            if not isinstance(raw.get(name), str):
+                raise StateFileError(f"{name} is missing")
+        if raw.get("grant") not in ("stable", "classic", "wecom"):
+            raise StateFileError("grant is not stable, classic or wecom")
         times = [raw.get("expires_at"), raw.get("fetched_at")]
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
             raise StateFileError("expires_at / fetched_at are not unix seconds")
@@ -108,7 +135,13 @@ class Record:
             expired=raw.get("expired") is True,
             api_base=str(raw.get("api_base", "")),
             refresh_started_at=started,
+            kind=kind,
         )
+
+
+def file_name(name: str, kind: str = TOKEN) -> str:
+    """``shop`` for the token, ``shop.jsapi_ticket`` for its jsapi ticket."""
+    return name if kind == TOKEN else f"{name}.{kind}_ticket"
 
 
 class TokenStore:
@@ -143,7 +176,7 @@ class TokenStore:
 
     def save(self, record: Record) -> bool:
         """Write both files (JSON first); True if anything on disk changed."""
-        token_path, json_path = self.paths(record.name)
+        token_path, json_path = self.paths(record.file)
         wrote_json = atomic_write(json_path, record.to_json(), mode=self.file_mode, gid=self.gid)
         wrote_token = atomic_write(
             token_path, record.access_token.encode(), mode=self.file_mode, gid=self.gid
@@ -152,21 +185,23 @@ class TokenStore:
             _fsync_dir(self.directory)
         return wrote_json or wrote_token
 
-    def load(self, name: str) -> Record | None:
+    def load(self, name: str, kind: str = TOKEN) -> Record | None:
         """The record in ``<name>.json``; None if there is none; StateFileError if unusable."""
-        _, json_path = self.paths(name)
+        _, json_path = self.paths(file_name(name, kind))
         try:
             data = json_path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StateFileError(f"cannot read: {exc.strerror}") from None
-        return Record.from_json(data)
+        return Record.from_json(data, kind)
 
-    def remove(self, name: str) -> None:
-        for path in self.paths(name):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    def remove(self, name: str, kinds: tuple[str, ...] = (TOKEN, *TICKET_KINDS)) -> None:
+        """Delete an app's files: its token and tickets, or only the ``kinds`` given."""
+        for kind in kinds:
+            for path in self.paths(file_name(name, kind)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         _fsync_dir(self.directory)
 
 

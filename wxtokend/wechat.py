@@ -19,7 +19,7 @@ import httpx
 
 from wxtokend import __version__
 from wxtokend.clock import Clock, SystemClock
-from wxtokend.config import AppConfig
+from wxtokend.config import AppConfig, Ticket
 from wxtokend.errors import (
     AdminWaitError,
     DailyQuotaError,
@@ -27,6 +27,7 @@ from wxtokend.errors import (
     FetchError,
     MalformedResponse,
     MinuteQuotaError,
+    TokenRejectedError,
     TransientError,
     UnknownErrcodeError,
 )
@@ -35,6 +36,7 @@ from wxtokend.redact import Redactor
 __all__ = [
     "ERRCODES",
     "MAX_TOKEN_LENGTH",
+    "WECOM_ERRCODES",
     "Errcode",
     "Token",
     "WeChatClient",
@@ -178,9 +180,36 @@ ERRCODES: Final[dict[int, Errcode]] = {
 }
 
 
+_WECOM_COPY_FROM_CONSOLE = (
+    "copy this application's Secret from the WeCom admin console (work.weixin.qq.com:"
+    " 应用管理 → the application → Secret) into {source}"
+)
+
+# WeCom reuses some numbers with its own meaning; its own table wins for WeCom apps.
+WECOM_ERRCODES: Final[dict[int, Errcode]] = {
+    40001: Errcode(kind=FatalConfigError, meaning="invalid secret", hint=_WECOM_COPY_FROM_CONSOLE),
+    40013: Errcode(
+        kind=FatalConfigError,
+        meaning="invalid corpid",
+        hint="check corpid: it is the CorpID from the WeCom admin console (我的企业 → 企业信息)",
+    ),
+    40091: Errcode(
+        kind=FatalConfigError, meaning="secret is invalid", hint=_WECOM_COPY_FROM_CONSOLE
+    ),
+}
+
+_TOKEN_REJECTED = (40001, 40014, 42001)
+_TICKET_ENDPOINTS: Final[dict[tuple[str, str], tuple[str, dict[str, str]]]] = {
+    ("official", "jsapi"): ("/cgi-bin/ticket/getticket", {"type": "jsapi"}),
+    ("official", "wx_card"): ("/cgi-bin/ticket/getticket", {"type": "wx_card"}),
+    ("wecom", "jsapi"): ("/cgi-bin/get_jsapi_ticket", {}),
+    ("wecom", "agent_config"): ("/cgi-bin/ticket/get", {"type": "agent_config"}),
+}
+
+
 def error_for(errcode: int, errmsg: str, app: AppConfig) -> FetchError:
     """The error a WeChat errcode stands for, with the operator's hint filled in."""
-    row = ERRCODES.get(errcode)
+    row = (WECOM_ERRCODES.get(errcode) if app.kind == "wecom" else None) or ERRCODES.get(errcode)
     if row is None:
         return UnknownErrcodeError(
             f"errcode {errcode}: {errmsg}",
@@ -250,44 +279,75 @@ class WeChatClient:
         await self._http.aclose()
 
     async def fetch_token(self, app: AppConfig, *, force: bool = False) -> Token:
-        """One call to the app's token endpoint: classic GET or stable POST."""
+        """One call to the app's token endpoint: classic GET, stable POST or WeCom gettoken."""
         fetched_at = self._clock.now()
+        secret = app.secret.reveal()
         if app.grant == "classic":
             endpoint = "/cgi-bin/token"
-            request = self._http.build_request(
-                "GET",
-                self._url(app, endpoint),
-                params={
-                    "grant_type": "client_credential",
-                    "appid": app.appid,
-                    "secret": app.secret.reveal(),
-                },
-            )
+            params = {"grant_type": "client_credential", "appid": app.appid, "secret": secret}
+            request = self._http.build_request("GET", self._url(app, endpoint), params=params)
+        elif app.grant == "wecom":
+            endpoint = "/cgi-bin/gettoken"
+            params = {"corpid": app.appid, "corpsecret": secret}
+            request = self._http.build_request("GET", self._url(app, endpoint), params=params)
         else:
             endpoint = "/cgi-bin/stable_token"
             payload = {
                 "grant_type": "client_credential",
                 "appid": app.appid,
-                "secret": app.secret.reveal(),
+                "secret": secret,
                 "force_refresh": force,
             }
             request = self._http.build_request("POST", self._url(app, endpoint), json=payload)
         body = await self._exchange(request, app, endpoint)
-        errcode = body.get("errcode") if isinstance(body, dict) else None
-        if errcode is not None:
-            if isinstance(errcode, bool) or not isinstance(errcode, int):
-                raise MalformedResponse("errcode is not an integer")
-            if errcode != 0:
-                errmsg = self._scrub(str(body.get("errmsg", "")), app)
-                raise error_for(errcode, errmsg, app)
+        self._raise_errcode(body, app)
         return parse_token(body, fetched_at=fetched_at)
+
+    async def fetch_ticket(self, app: AppConfig, kind: Ticket, access_token: str) -> Token:
+        """One ticket fetch with ``access_token``; the ticket comes back as ``access_token``.
+
+        40001/40014/42001 here mean the token was rejected: TokenRejectedError,
+        so the caller can have the token refreshed (compare-and-refresh) first.
+        """
+        fetched_at = self._clock.now()
+        endpoint, params = _TICKET_ENDPOINTS[(app.kind, kind)]
+        request = self._http.build_request(
+            "GET", self._url(app, endpoint), params={"access_token": access_token, **params}
+        )
+        body = await self._exchange(request, app, endpoint, access_token)
+        errcode = body.get("errcode") if isinstance(body, dict) else None
+        if errcode in _TOKEN_REJECTED:
+            raise TokenRejectedError(
+                f"errcode {errcode}: the access_token was rejected fetching the {kind} ticket",
+                errcode=errcode,
+                hint="refreshing the token, then the ticket",
+            )
+        self._raise_errcode(body, app, access_token)
+        if not isinstance(body, dict) or not isinstance(body.get("ticket"), str):
+            raise MalformedResponse("reply has no ticket")
+        return parse_token(
+            {"access_token": body["ticket"], "expires_in": body.get("expires_in")},
+            fetched_at=fetched_at,
+        )
+
+    def _raise_errcode(self, body: Any, app: AppConfig, *extra: str) -> None:
+        errcode = body.get("errcode") if isinstance(body, dict) else None
+        if errcode is None:
+            return
+        if isinstance(errcode, bool) or not isinstance(errcode, int):
+            raise MalformedResponse("errcode is not an integer")
+        if errcode != 0:
+            errmsg = self._scrub(str(body.get("errmsg", "")), app, *extra)
+            raise error_for(errcode, errmsg, app)
 
     def _url(self, app: AppConfig, endpoint: str) -> str:
         """The app's own api_base (a reload may change it), else the client's default."""
         base = app.api_base.rstrip("/") if app.api_base else self._base
         return base + endpoint
 
-    async def _exchange(self, request: httpx.Request, app: AppConfig, endpoint: str) -> Any:
+    async def _exchange(
+        self, request: httpx.Request, app: AppConfig, endpoint: str, *extra: str
+    ) -> Any:
         started = self._clock.now()
         error: FetchError
         try:
@@ -301,12 +361,15 @@ class WeChatClient:
             error = TransientError(f"timed out ({type(exc).__name__})", hint=_NETWORK_HINT)
         except httpx.ProxyError as exc:
             error = TransientError(
-                f"proxy error: {self._safe(exc, app)}", hint="check that proxy: is reachable"
+                f"proxy error: {self._safe(exc, app, *extra)}",
+                hint="check that proxy: is reachable",
             )
         except httpx.TransportError as exc:
-            error = TransientError(f"connection failed: {self._safe(exc, app)}", hint=_NETWORK_HINT)
+            error = TransientError(
+                f"connection failed: {self._safe(exc, app, *extra)}", hint=_NETWORK_HINT
+            )
         except httpx.HTTPError as exc:  # e.g. a body that fails its Content-Encoding
-            error = MalformedResponse(f"unreadable reply: {self._safe(exc, app)}")
+            error = MalformedResponse(f"unreadable reply: {self._safe(exc, app, *extra)}")
         else:
             return self._decode(response)
         finally:
@@ -331,13 +394,14 @@ class WeChatClient:
             pass
         raise MalformedResponse("reply is not JSON (truncated or garbage)")
 
-    def _safe(self, exc: Exception, app: AppConfig) -> str:
+    def _safe(self, exc: Exception, app: AppConfig, *extra: str) -> str:
         """Exception text without secrets: httpx messages can quote the URL."""
-        return self._scrub(f"{type(exc).__name__}: {exc}", app)
+        return self._scrub(f"{type(exc).__name__}: {exc}", app, *extra)
 
-    def _scrub(self, text: str, app: AppConfig) -> str:
-        """Wire text made safe for messages: this app's secret and known tokens removed."""
-        secret = app.secret.reveal()
-        for form in (secret, quote(secret, safe=""), quote_plus(secret)):
-            text = text.replace(form, "********")
+    def _scrub(self, text: str, app: AppConfig, *extra: str) -> str:
+        """Wire text made safe for messages: the secret, a token sent, known tokens removed."""
+        for value in (app.secret.reveal(), *extra):
+            if value:
+                for form in (value, quote(value, safe=""), quote_plus(value)):
+                    text = text.replace(form, "********")
         return self._redactor.scrub(text)[:300]
