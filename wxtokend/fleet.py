@@ -1,0 +1,237 @@
+"""Fleet mode: many wxtokend instances coordinating through Redis.
+
+One fetch per credential across the fleet, and the newest token always wins.
+Keys, for a credential ``c`` (``appid:grant`` for a token, ``appid:grant:jsapi``
+for a ticket) under the configured prefix ``p``:
+
+- ``p:rec:c``    the shared record, JSON ``{token, expires_at, fetched_at, version}``;
+- ``p:ver:c``    a counter: a version is taken *before* a fetch, so a slower,
+                 older fetch that finishes last still loses (WxJava #1222);
+- ``p:lock:c``   the fetch lock: ``SET NX PX`` with a unique owner, extended
+                 while the fetch runs, released by compare-and-delete;
+- ``p:force:c``  the fleet's force_refresh times (WeChat allows 20 a day);
+- ``p:updates``  pub/sub: ``c`` is published on every accepted write.
+
+Every write is a server-side compare-and-set: a record whose version is not
+higher than the stored one is refused, whatever order writes arrive in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+__all__ = ["Fleet", "FleetSettings", "RedisDown", "Shared"]
+
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and tonumber(record['version']) >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[4])
+return 1
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_KEEP_RECORD = 86400.0  # a record outlives its token by a day, then Redis drops it
+
+
+class RedisDown(Exception):
+    """Redis could not be reached or answered an error; the message says which."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetSettings:
+    redis_url: str
+    key_prefix: str = "wxtokend"
+    lock_ttl: float = 15.0
+    role: Literal["member", "follower"] = "member"
+    on_redis_down: Literal["wait", "fetch"] = "wait"
+    reconcile_interval: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shared:
+    """The fleet's record of one credential."""
+
+    token: str
+    expires_at: float
+    fetched_at: float
+    version: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "token": self.token,
+                "expires_at": self.expires_at,
+                "fetched_at": self.fetched_at,
+                "version": self.version,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Shared | None:
+        try:
+            data = json.loads(raw)
+            return cls(
+                token=str(data["token"]),
+                expires_at=float(data["expires_at"]),
+                fetched_at=float(data["fetched_at"]),
+                version=int(data["version"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class Fleet:
+    """The Redis side of fleet mode; every method raises RedisDown, never a redis error."""
+
+    def __init__(
+        self,
+        settings: FleetSettings,
+        *,
+        clock_now: Callable[[], float],
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.settings = settings
+        self._now = clock_now
+        self._redis = client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        self._cas = self._redis.register_script(_CAS)
+        self._extend = self._redis.register_script(_EXTEND)
+        self._release = self._redis.register_script(_RELEASE)
+        self.instance = secrets.token_hex(8)
+        self.up = True
+        self.last_error: str | None = None
+
+    def _key(self, kind: str, credential: str) -> str:
+        return f"{self.settings.key_prefix}:{kind}:{credential}"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.settings.key_prefix}:updates"
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+
+    async def _call(self, operation: Any) -> Any:
+        """Await a Redis operation, turning every failure into RedisDown."""
+        try:
+            result = await operation
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.up = False
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise RedisDown(self.last_error) from None
+        self.up, self.last_error = True, None
+        return result
+
+    # -- records -------------------------------------------------------------
+
+    async def read(self, credential: str) -> Shared | None:
+        raw = await self._call(self._redis.get(self._key("rec", credential)))
+        return Shared.from_json(raw) if raw is not None else None
+
+    async def next_version(self, credential: str) -> int:
+        return int(await self._call(self._redis.incr(self._key("ver", credential))))
+
+    async def write(self, credential: str, record: Shared) -> bool:
+        """Compare-and-set: stored only if its version beats the stored one; then published."""
+        keep_ms = int(max(1.0, record.expires_at - self._now() + _KEEP_RECORD) * 1000)
+        keys = [self._key("rec", credential), self.channel]
+        args: list[str | int] = [record.to_json(), record.version, keep_ms, credential]
+        return bool(await self._call(self._cas(keys=keys, args=args)))
+
+    # -- the fetch lock ------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lock(self, credential: str, *, wait: float) -> AsyncIterator[bool]:
+        """Hold the fetch lock for ``credential``; yields False if not had within ``wait``.
+
+        While held it is extended every third of lock_ttl, so a long fetch keeps it;
+        a crashed holder's lock expires after lock_ttl and another instance takes over.
+        """
+        key = self._key("lock", credential)
+        ttl_ms = int(self.settings.lock_ttl * 1000)
+        owner = f"{self.instance}:{secrets.token_hex(4)}"
+        deadline = self._now() + wait
+        held = False
+        while True:
+            held = bool(await self._call(self._redis.set(key, owner, nx=True, px=ttl_ms)))
+            if held or self._now() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        keeper = asyncio.create_task(self._keep(key, owner, ttl_ms)) if held else None
+        try:
+            yield held
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
+                with contextlib.suppress(RedisDown):
+                    await self._call(self._release(keys=[key], args=[owner]))
+
+    async def _keep(self, key: str, owner: str, ttl_ms: int) -> None:
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            with contextlib.suppress(RedisDown):
+                await self._call(self._extend(keys=[key], args=[owner, ttl_ms]))
+
+    # -- the force_refresh budget ----------------------------------------------
+
+    async def forces_since(self, credential: str, since: float) -> list[float]:
+        key = self._key("force", credential)
+        members = await self._call(self._redis.zrangebyscore(key, since, "+inf"))
+        return [float(m.decode() if isinstance(m, bytes) else m) for m in members]
+
+    async def record_force(self, credential: str, at: float) -> None:
+        key = self._key("force", credential)
+        await self._call(self._redis.zadd(key, {f"{at:.6f}": at}))
+        await self._call(self._redis.zremrangebyscore(key, "-inf", at - 2 * 86400))
+
+    # -- following -----------------------------------------------------------
+
+    async def listen(self, on_update: Callable[[str], None]) -> None:
+        """Call ``on_update(credential)`` for every accepted write, until cancelled.
+
+        Reconnects with backoff when Redis goes away; the periodic reconcile
+        covers what was published meanwhile.
+        """
+        delay = 1.0
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await self._call(pubsub.subscribe(self.channel))
+                delay = 1.0
+                while True:
+                    message = await self._call(
+                        pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    )
+                    if message and message.get("type") == "message":
+                        data = message["data"]
+                        on_update(data.decode() if isinstance(data, bytes) else str(data))
+            except RedisDown:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
