@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DaemonProcess, EmulatorProcess, TestApp
+from harness import DaemonProcess, EmulatorProcess, RedisServer, TestApp
+
+from wxtokend import logs
 
 EmulatorFactory = Callable[..., EmulatorProcess]
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> None:
+    """Logging is process-global: a CLI test leaves it pointing at a closed capture stream."""
+    logs.configure(level="debug", stream=io.StringIO(), json=True)
+
+
 DaemonFactory = Callable[..., DaemonProcess]
 
 
@@ -39,3 +51,12 @@ def daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
     yield make
     for proc in made:
         proc.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing: tests/run installs it (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()

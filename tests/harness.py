@@ -47,6 +47,7 @@ class TestApp:
     faults: dict[str, float] = field(default_factory=dict)
     kind: str = "official"
     tickets: list[str] = field(default_factory=list)
+    agentid: int | None = None
 
 
 def _emulated(app: TestApp) -> dict[str, Any]:
@@ -57,6 +58,8 @@ def _emulated(app: TestApp) -> dict[str, Any]:
 def _daemon_entry(app: TestApp) -> dict[str, Any]:
     if app.kind == "wecom":
         entry: dict[str, Any] = {"kind": "wecom", "corpid": app.appid, "name": app.name}
+        if app.agentid is not None:
+            entry["agentid"] = app.agentid
     else:
         entry = {"appid": app.appid, "name": app.name, "grant": app.grant}
     if app.tickets:
@@ -301,3 +304,59 @@ async def raw_post(url: str, path: str, body: bytes) -> tuple[int, bytes, float]
     head, _, payload = response.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, payload, elapsed
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on a random loopback port, stoppable and restartable."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=20, what="redis-server to answer")
+
+    def _answers(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

@@ -1091,3 +1091,13 @@ class TestWeComAndTickets:
             """),
         )
         assert [a.name for a in load_config(path, secrets=False).apps] == ["a", "b"]
+
+    def test_agent_config_needs_agentid(self, tmp_path: Path) -> None:
+        """wx.agentConfig names the application: the agent_config ticket requires agentid."""
+        path = write_config(
+            tmp_path,
+            "apps:\n  - {kind: wecom, corpid: ww1, name: a, tickets: [agent_config],"
+            " secret_file: app.secret}\n",
+        )
+        (problem,) = problems_of(path)
+        assert ": apps[0].agentid: is required for the agent_config ticket" in problem

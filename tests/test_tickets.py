@@ -318,3 +318,84 @@ class TestWeCom:
             timestamp=fields["timestamp"],
             url="https://hr.example.com/",
         )
+
+
+async def keep_token_fresh(world: World) -> int:
+    """Run the token's own refresh when due (the virtual clock jumps hours); 1 if it ran."""
+    token = world.daemon.refreshers["shop"]
+    if world.clock.now() >= token.next_at:
+        await token.step()
+        return 1
+    return 0
+
+
+@pytest.mark.anyio
+class TestReviewFixes:
+    """Ticket and WeCom paths that once stormed WeChat or left stale state."""
+
+    async def test_repeated_ticket_is_not_polled(self, shop: World) -> None:
+        """A repeated ticket counts as valid for expires_in: one call per 75-85 % of it."""
+        await shop.fetch_all()
+        ticket = shop.daemon.tickets["shop"]["jsapi"]
+
+        async def same_ticket(app: AppConfig, kind: Ticket, access_token: str) -> Any:
+            from wxtokend.wechat import Token
+
+            shop.ticketing.calls.append((shop.clock.now(), kind, access_token))
+            return Token(access_token="SAME_TICKET", expires_in=7200, fetched_at=shop.clock.now())
+
+        shop.ticketing.fetch_ticket = same_ticket  # type: ignore[method-assign]
+        calls = len(shop.ticketing.calls)
+        for _ in range(8):
+            shop.clock.t = max(shop.clock.t, ticket.next_at)
+            await keep_token_fresh(shop)
+            await ticket.step()
+        hours = (shop.clock.t - shop.ticketing.calls[calls][0]) / 3600
+        assert len(shop.ticketing.calls) - calls == 8
+        assert hours > 8 * 7200 * 0.75 / 3600 - 2  # each call waited most of a lifetime
+
+    async def test_fresh_tokens_refused_stop_the_token_refreshes(self, shop: World) -> None:
+        """A ticket endpoint refusing even new tokens: one token refresh, then 10-minute waits."""
+        await shop.fetch_all()
+        shop.ticketing.reject = 10_000
+        ticket = shop.daemon.tickets["shop"]["jsapi"]
+        token_calls = len(shop.wechat.calls)
+        regular = 0
+        for _ in range(20):
+            shop.clock.t = max(shop.clock.t, ticket.next_at)
+            regular += await keep_token_fresh(shop)
+            await ticket.step()
+        assert len(shop.wechat.calls) == token_calls + regular + 1  # one for the ticket
+        assert ticket.last_error is not None
+        assert "refuses even a fresh access_token" in str(ticket.last_error)
+        assert ticket.next_at - shop.clock.now() >= 600
+        assert shop.daemon.refreshers["shop"]._passive_today == []  # not the consumers' budget
+
+    async def test_wecom_report_never_forces(self, corp: World) -> None:
+        """WeCom has no force mode: a report makes one gettoken call at most, never a 'force'."""
+        await corp.fetch_all()
+        hr = corp.daemon.refreshers["hr"]
+        assert hr.record is not None
+        answer = await hr.report_rejected(token=hr.record.access_token)
+        assert answer.result in ("newer", "refreshed")
+        assert corp.wechat.forced == []
+
+    async def test_corpid_is_not_an_app_key(self, corp: World) -> None:
+        """A corpid names several applications, so it does not address one."""
+        assert corp.daemon.find("ww00000000000000c1") is None
+        assert corp.daemon.find("hr") is corp.daemon.refreshers["hr"]
+
+    async def test_dropped_ticket_with_changed_secret(self, shop: World) -> None:
+        """A reload that changes the secret and drops a ticket removes that ticket's files."""
+        from dataclasses import replace
+
+        await shop.fetch_all()
+        tokens = shop.tmp_path / "tokens"
+        assert (tokens / "shop.wx_card_ticket").exists()
+        old = shop.daemon.config.apps[0]
+        new = replace(old, secret=Secret("f" * 32), tickets=("jsapi",))
+        await shop.daemon._apply(replace(shop.daemon.config, apps=(new,)))
+        assert not (tokens / "shop.wx_card_ticket").exists()
+        assert not (tokens / "shop.wx_card_ticket.json").exists()
+        for task in shop.daemon._tasks.values():
+            task.cancel()

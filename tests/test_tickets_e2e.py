@@ -96,6 +96,7 @@ class TestWeComE2e:
             name="hr",
             kind="wecom",
             tickets=["jsapi", "agent_config"],
+            agentid=1000002,
         )
         crm = TestApp(appid="ww00000000000000a1", secret="cr" * 16, name="crm", kind="wecom")
         emu = emulator([hr, crm], lifetime=120)
@@ -117,6 +118,7 @@ class TestWeComE2e:
         assert signed.returncode == 0, signed.stderr
         fields = json.loads(signed.stdout)
         assert fields["corpid"] == hr.appid
+        assert fields["agentid"] == 1000002
         assert fields["signature"] == signature(
             ticket=tokens["hr.agent_config_ticket"],
             nonce=fields["nonceStr"],

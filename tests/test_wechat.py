@@ -833,7 +833,7 @@ class TestWeComToken:
             (40013, FatalConfigError, "CorpID"),
             (40001, FatalConfigError, "WeCom admin console"),
             (40091, FatalConfigError, "WeCom admin console"),
-            (45009, DailyQuotaError, "quota"),
+            (45009, DailyQuotaError, "WeCom limits"),
         ],
     )
     async def test_errcodes(

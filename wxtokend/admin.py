@@ -77,10 +77,14 @@ def _probe_routes(daemon: Daemon) -> list[Route]:
 
     async def readyz(_: Request) -> Response:
         missing = daemon.readiness()
+        fleet: dict[str, Any] = {}
+        if daemon.fleet is not None and not daemon.fleet.up:
+            # Still ready while the tokens on disk are valid; but say it loudly.
+            fleet = {"fleet": f"Redis unreachable: {daemon.fleet.last_error}"}
         if missing:
-            body = {"status": "not ready", "apps": missing}
+            body = {"status": "not ready", "apps": missing, **fleet}
             return JSONResponse(body, status_code=503)
-        return JSONResponse({"status": "ready", "apps": len(daemon.refreshers)})
+        return JSONResponse({"status": "ready", "apps": len(daemon.refreshers), **fleet})
 
     async def metrics(_: Request) -> Response:
         daemon.update_gauges()

@@ -252,7 +252,8 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
                 print(f"  {app.name}: FAILED — {exc}\n    fix: {exc.hint}")
                 continue
             print(
-                f"  {app.name}: OK — WeChat issued token {fingerprint(token.access_token)},"
+                f"  {app.name}: OK — {'WeCom' if app.kind == 'wecom' else 'WeChat'} issued token"
+                f" {fingerprint(token.access_token)},"
                 f" expires_in {token.expires_in}"
             )
             if app.grant == "classic":

@@ -26,6 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from wxtokend.asgi import Listen, parse_listen
 from wxtokend.errors import ConfigError
+from wxtokend.fleet import FleetSettings
 from wxtokend.redact import Secret
 
 __all__ = [
@@ -206,6 +207,38 @@ class _AdminModel(BaseModel):
         return value
 
 
+class _FleetModel(BaseModel):
+    """Fleet mode: instances coordinating through Redis, one refresh per credential."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis: str = Field(
+        description="redis://[:password@]host:6379/0, rediss:// for TLS, or unix:///path."
+    )
+    key_prefix: str = Field(
+        "wxtokend", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every Redis key."
+    )
+    lock_ttl: Duration = Field(15.0, ge=1, le=300, description="How long a fetch lock lives.")
+    role: Literal["member", "follower"] = Field(
+        "member", description="member (may fetch) or follower (only mirrors the fleet's tokens)."
+    )
+    on_redis_down: Literal["wait", "fetch"] = Field(
+        "wait",
+        description="Classic-grant members while Redis is down: wait (default) or fetch alone.",
+    )
+    reconcile_interval: Duration = Field(
+        30.0, ge=1, le=3600, description="How often to re-read every shared record."
+    )
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        # Never echo the value: it may carry a password.
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
 class _ConfigModel(BaseModel):
     """wxtokend configuration."""
 
@@ -237,6 +270,7 @@ class _ConfigModel(BaseModel):
         10.0, ge=0.1, le=300, description="Timeout of one whole WeChat call."
     )
     admin: _AdminModel = Field(default_factory=lambda: _AdminModel.model_validate({}))
+    fleet: _FleetModel | None = Field(None, description="Fleet mode through Redis.")
     apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
 
     @field_validator("api_base", "wecom_api_base", "proxy")
@@ -271,6 +305,11 @@ _FIXES = {
     "request_timeout": "use e.g. 10 or '10s'",
     "secret_env": "name the variable (e.g. WX_SHOP_SECRET), not its value",
     "listen": "use e.g. 127.0.0.1:9735 or unix:/run/wxtoken/admin.sock",
+    "redis": "use e.g. redis://:password@redis.internal:6379/0",
+    "role": "use member or follower",
+    "on_redis_down": "use wait or fetch",
+    "lock_ttl": "use e.g. 15 or '15s'",
+    "reconcile_interval": "use e.g. 30 or '30s'",
     "probe_listen": "use e.g. 0.0.0.0:9736",
     "start_timeout": "use e.g. 60 or '1m'",
     "passive_min_interval": "use e.g. 10 or '30s'",
@@ -331,6 +370,7 @@ class Config:
     request_timeout: float
     apps: tuple[AppConfig, ...]
     admin: AdminConfig = field(default_factory=AdminConfig)
+    fleet: FleetSettings | None = None
     warnings: tuple[str, ...] = ()
 
     def watched_files(self) -> list[Path]:
@@ -340,7 +380,7 @@ class Config:
     def app(self, key: str) -> AppConfig | None:
         """The app whose name or appid is ``key``."""
         for app in self.apps:
-            if key in (app.name, app.appid):
+            if key == app.name or (key == app.appid and app.kind == "official"):
                 return app
         return None
 
@@ -534,7 +574,21 @@ class _Resolver:
             request_timeout=self.model.request_timeout,
             apps=tuple(a for a in apps if a is not None),
             admin=self._admin(),
+            fleet=self._fleet(),
             warnings=tuple(self.warnings),
+        )
+
+    def _fleet(self) -> FleetSettings | None:
+        fleet = self.model.fleet
+        if fleet is None:
+            return None
+        return FleetSettings(
+            redis_url=fleet.redis,
+            key_prefix=fleet.key_prefix,
+            lock_ttl=fleet.lock_ttl,
+            role=fleet.role,
+            on_redis_down=fleet.on_redis_down,
+            reconcile_interval=fleet.reconcile_interval,
         )
 
     def _admin(self) -> AdminConfig:
@@ -568,6 +622,13 @@ class _Resolver:
                     "use " + " or ".join(sorted(allowed)),
                 )
                 return None
+        if "agent_config" in app.tickets and app.agentid is None:
+            self._fail(
+                f"{where}.agentid",
+                "is required for the agent_config ticket (wx.agentConfig names the application)",
+                "add agentid: (the application's AgentId)",
+            )
+            return None
         sources = [
             k for k in ("secret_file", "secret_env", "secret") if getattr(app, k) is not None
         ]

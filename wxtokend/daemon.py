@@ -15,6 +15,7 @@ import signal
 import socket
 from collections.abc import Iterable
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 
@@ -23,6 +24,7 @@ from wxtokend.admin import admin_app, probe_app
 from wxtokend.clock import Clock, SystemClock
 from wxtokend.config import AppConfig, Config, Ticket, load_config
 from wxtokend.errors import ConfigError, ListenError, OutputDirError
+from wxtokend.fleet import Fleet
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.notify import Notifier
@@ -74,6 +76,14 @@ class Daemon:
             source = self._client
         self._source = source
         self._rng = rng or random.Random()
+        self.fleet: Fleet | None = None
+        if config.fleet is not None:
+            self.fleet = Fleet(config.fleet, clock_now=self.clock.now)
+            REDACTOR.register("fleet:redis", config.fleet.redis_url, label="<redis url>")
+            password = urlsplit(config.fleet.redis_url).password
+            if password:
+                REDACTOR.register("fleet:password", password, label="<redis password>")
+        self._fleet_keys: dict[str, Refresher] = {}
         self._policy = Policy(stable_window=config.stable_renew_window)
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._log = get_logger()
@@ -85,6 +95,7 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._reload_forced = False
         self._written = asyncio.Event()
+        self._following: set[asyncio.Task[bool]] = set()
         self._ready_sent = False
         self._fingerprint = content_fingerprint(config.watched_files())
         for app in config.apps:
@@ -133,6 +144,8 @@ class Daemon:
     def update_gauges(self) -> None:
         ready = len(self.refreshers) - len(self.readiness())
         self.metrics.apps(configured=len(self.refreshers), ready=ready)
+        if self.fleet is not None:
+            self.metrics.fleet_up(self.fleet.up)
 
     def status_line(self) -> str:
         """One line for ``systemctl status``."""
@@ -187,6 +200,7 @@ class Daemon:
             ),
             asyncio.create_task(self._announce(), name="notify"),
             asyncio.create_task(self._reloader(watcher), name="reload"),
+            *self._fleet_tasks(),
         ]
         try:
             await stop.wait()
@@ -224,6 +238,8 @@ class Daemon:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        if self.fleet is not None:
+            await self.fleet.aclose()
         self.notifier.close()
 
     # -- refreshers ----------------------------------------------------------
@@ -239,13 +255,16 @@ class Daemon:
             policy=self._policy,
             semaphore=self._semaphore,
             metrics=self.metrics,
+            fleet=self.fleet,
             passive_min_interval=self.config.admin.passive_min_interval,
             passive_daily_limit=self.config.admin.passive_daily_limit,
             on_written=self._written.set,
         )
         self.refreshers[app.name] = refresher
         self._loops[app.name] = refresher
-        self._by_appid[app.appid] = refresher
+        self._fleet_keys[refresher.fleet_key] = refresher
+        if app.kind == "official":  # a WeCom corpid names several applications: not a key
+            self._by_appid[app.appid] = refresher
         REDACTOR.register(f"secret:{app.name}", app.secret.reveal(), label="<secret>")
         self.tickets[app.name] = {}
         return [refresher, *(self._add_ticket(app, kind) for kind in app.tickets)]
@@ -262,10 +281,12 @@ class Daemon:
             policy=self._policy,
             semaphore=self._semaphore,
             metrics=self.metrics,
+            fleet=self.fleet,
             on_written=self._written.set,
         )
         self.tickets[app.name][kind] = ticket
         self._loops[f"{app.name}/{kind}"] = ticket
+        self._fleet_keys[ticket.fleet_key] = ticket
         return ticket
 
     def _spawn(self, loop: Refresher) -> None:
@@ -274,6 +295,8 @@ class Daemon:
 
     async def _stop_loop(self, key: str) -> None:
         loop = self._loops.pop(key)
+        if self._fleet_keys.get(loop.fleet_key) is loop:
+            del self._fleet_keys[loop.fleet_key]
         task = self._tasks.pop(key, None)
         if task is not None:
             await _cancel([task])
@@ -301,6 +324,7 @@ class Daemon:
             del current[kind]
             await self._stop_loop(f"{app.name}/{kind}")
             self.store.remove(app.name, (kind,))
+            self.metrics.forget_ticket(app.name, kind)
         started = [k for k in app.tickets if k not in current]
         for kind in started:
             ticket = self._add_ticket(app, kind)
@@ -318,6 +342,41 @@ class Daemon:
             except Exception:
                 self._log.exception("refresh loop crashed; restarting", app=refresher.app.name)
                 await self.clock.sleep(_CRASH_PAUSE)
+
+    # -- fleet ---------------------------------------------------------------
+
+    def _fleet_tasks(self) -> list[asyncio.Task[None]]:
+        if self.fleet is None:
+            return []
+        return [
+            asyncio.create_task(self.fleet.listen(self._on_fleet_update), name="fleet-listen"),
+            asyncio.create_task(self._reconcile(self.fleet), name="fleet-reconcile"),
+        ]
+
+    def _on_fleet_update(self, credential: str) -> None:
+        """Pushed by pub/sub: a credential changed somewhere in the fleet; follow it."""
+        loop = self._fleet_keys.get(credential)
+        if loop is not None:
+            task = asyncio.create_task(loop.follow_fleet())
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+
+    async def _reconcile(self, fleet: Fleet) -> None:
+        """Re-read every shared record now and then: pub/sub messages can be lost."""
+        was_up = True
+        while True:
+            await asyncio.sleep(fleet.settings.reconcile_interval)
+            for loop in list(self._loops.values()):
+                await loop.follow_fleet()
+            if fleet.up != was_up:
+                log = self._log.info if fleet.up else self._log.error
+                log(
+                    "Redis is back: following the fleet again"
+                    if fleet.up
+                    else "Redis unreachable: serving the tokens on disk, retrying",
+                    error=fleet.last_error,
+                )
+                was_up = fleet.up
 
     # -- admin listeners -----------------------------------------------------
 
@@ -458,6 +517,11 @@ class Daemon:
         for name in changed:
             appid_changed = old_apps[name].appid != new_apps[name].appid
             await self._remove(name, delete_files=appid_changed)
+            dropped = tuple(k for k in old_apps[name].tickets if k not in new_apps[name].tickets)
+            if dropped:
+                self.store.remove(name, dropped)
+                for kind in dropped:
+                    self.metrics.forget_ticket(name, kind)
             token, *tickets = self._add(new_apps[name])
             # Keep serving the old token (same appid: still valid) until the refetch lands.
             token.adopt_stored(refetch=True)

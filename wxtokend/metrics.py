@@ -73,6 +73,12 @@ class Metrics:
             ["app"],
             registry=r,
         )
+        self._ticket_failures = Gauge(
+            "wxtokend_ticket_consecutive_failures",
+            "Failed ticket refresh attempts since the last success.",
+            ["app", "ticket"],
+            registry=r,
+        )
         self._write_errors = Counter(
             "wxtokend_file_write_errors", "Token files that could not be written.", registry=r
         )
@@ -86,6 +92,9 @@ class Metrics:
             "wxtokend_apps_ready", "Apps whose token on disk is valid right now.", registry=r
         )
         self._apps = Gauge("wxtokend_apps", "Apps configured.", registry=r)
+        self._fleet_up = Gauge(
+            "wxtokend_fleet_redis_up", "1 while the fleet's Redis answers, else 0.", registry=r
+        )
 
     def refresh(self, app: str, grant: str, outcome: str, errcode: int | None) -> None:
         errcode_label = "" if errcode is None else str(errcode)
@@ -110,8 +119,11 @@ class Metrics:
         if fetched is not None:
             self._last_success.labels(app).set(fetched)
 
-    def failures(self, app: str, count: int) -> None:
-        self._failures.labels(app).set(count)
+    def failures(self, app: str, count: int, *, kind: str = "access_token") -> None:
+        if kind == "access_token":
+            self._failures.labels(app).set(count)
+        else:
+            self._ticket_failures.labels(app, kind).set(count)
 
     def write_error(self) -> None:
         self._write_errors.inc()
@@ -123,14 +135,21 @@ class Metrics:
         self._apps.set(configured)
         self._ready.set(ready)
 
+    def fleet_up(self, up: bool) -> None:
+        self._fleet_up.set(1 if up else 0)
+
     def forget(self, app: str) -> None:
         """Drop a removed app's per-app gauges (its counters stay, as counters do)."""
         for gauge in (self._expiry, self._last_success, self._failures):
             with contextlib.suppress(KeyError):
                 gauge.remove(app)
         for kind in ("jsapi", "wx_card", "agent_config"):
+            self.forget_ticket(app, kind)
+
+    def forget_ticket(self, app: str, kind: str) -> None:
+        for gauge in (self._ticket_expiry, self._ticket_failures):
             with contextlib.suppress(KeyError):
-                self._ticket_expiry.remove(app, kind)
+                gauge.remove(app, kind)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ per-app minimum interval bounds how often reports can cost an upstream call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from wxtokend.errors import (
     TransientError,
     UnknownErrcodeError,
 )
+from wxtokend.fleet import Fleet, RedisDown, Shared
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.redact import fingerprint
@@ -124,6 +126,7 @@ class Refresher:
         policy: Policy,
         semaphore: asyncio.Semaphore,
         metrics: Metrics | None = None,
+        fleet: Fleet | None = None,
         passive_min_interval: float = 10.0,
         passive_daily_limit: int = 100,
         on_written: Callable[[], None] | None = None,
@@ -136,6 +139,7 @@ class Refresher:
         self._policy = policy
         self._semaphore = semaphore
         self._metrics = metrics or Metrics()
+        self._fleet = fleet
         self._passive_min_interval = passive_min_interval
         self._passive_daily_limit = passive_daily_limit
         self._passive_today: list[float] = []
@@ -328,13 +332,19 @@ class Refresher:
         async with self._lock:
             return await self._fetch(force=force)
 
-    async def _fetch(self, *, force: bool) -> bool:
-        """The fetch itself; the caller holds the lock."""
+    async def _fetch(self, *, force: bool, stale: str | None = None) -> bool:
+        """The fetch itself; the caller holds the lock.
+
+        ``stale`` is the token being replaced (a passive report names it);
+        by default the current one.
+        """
         if self._closed:
             return False
         self._mark_refreshing()
+        if stale is None and self.record is not None:
+            stale = self.record.access_token
         try:
-            token = await self._upstream(force=force)
+            token, outcome = await self._obtain(force=force, stale=stale)
         except FetchError as error:
             self._failed(error)
             return False
@@ -342,8 +352,104 @@ class Refresher:
             self.busy_since = None
             self._plan += 1
             self._wake.set()  # the schedule changed: a sleeping loop re-plans
-        self._succeeded(token)
+        self._succeeded(token, outcome)
         return True
+
+    # -- fleet mode ------------------------------------------------------------
+
+    @property
+    def fleet_key(self) -> str:
+        """This credential's name in Redis (a WeCom corp's applications differ by secret)."""
+        key = f"{self.app.appid}:{self.app.grant}"
+        if self.app.kind == "wecom":
+            key += f":{fingerprint(self.app.secret.reveal())}"
+        return key if self.kind == TOKEN else f"{key}:{self.kind}"
+
+    async def _obtain(self, *, force: bool, stale: str | None) -> tuple[Token, str]:
+        """A new token: from the fleet's shared record if a newer one is there, else fetched."""
+        fleet = self._fleet
+        if fleet is None:
+            return await self._upstream(force=force), "ok"
+        try:
+            return await self._obtain_in_fleet(fleet, force=force, stale=stale)
+        except RedisDown as exc:
+            if fleet.settings.role == "member" and (
+                self.schedule_grant != "classic" or fleet.settings.on_redis_down == "fetch"
+            ):
+                # Stable normal mode (and WeCom) cannot invalidate anyone's token.
+                self._log.warning("Redis unreachable: fetching directly", error=str(exc))
+                return await self._upstream(force=force), "ok"
+            raise TransientError(
+                f"Redis unreachable, and this instance may not fetch alone: {exc}",
+                hint="restore Redis; classic-grant members never fetch independently (that"
+                " starts the invalidation war) unless fleet.on_redis_down is fetch",
+            ) from None
+
+    async def _obtain_in_fleet(
+        self, fleet: Fleet, *, force: bool, stale: str | None
+    ) -> tuple[Token, str]:
+        key = self.fleet_key
+        shared = await fleet.read(key)
+        if self._is_newer(shared, stale):
+            assert shared is not None
+            return _token_of(shared), "shared"
+        if fleet.settings.role == "follower":
+            raise TransientError(
+                "follower: waiting for a member of the fleet to refresh",
+                hint="followers never fetch; check that a member runs and reaches Redis",
+            )
+        async with fleet.lock(key, wait=fleet.settings.lock_ttl + 1) as held:
+            shared = await fleet.read(key)
+            if self._is_newer(shared, stale):
+                assert shared is not None
+                return _token_of(shared), "shared"
+            if not held:
+                raise TransientError(
+                    "another instance holds the fetch lock and published nothing yet",
+                    hint="retrying; its lock expires after fleet.lock_ttl if it died",
+                )
+            version = await fleet.next_version(key)  # before the fetch: older fetches lose
+            token = await self._upstream(force=force)
+            record = Shared(
+                token=token.access_token,
+                expires_at=token.expires_at,
+                fetched_at=token.fetched_at,
+                version=version,
+            )
+            if await fleet.write(key, record):
+                return token, "ok"
+            newest = await fleet.read(key)  # someone newer won the race: follow them
+            if newest is not None and newest.expires_at > self._clock.now():
+                return _token_of(newest), "shared"
+            return token, "ok"
+
+    def _is_newer(self, shared: Shared | None, stale: str | None) -> bool:
+        """A shared record worth taking instead of fetching: another, valid, newer token."""
+        if shared is None or shared.expires_at <= self._clock.now() + 1:
+            return False
+        if stale is not None and hmac.compare_digest(shared.token.encode(), stale.encode()):
+            return False
+        current = self.record
+        return current is None or shared.fetched_at >= current.fetched_at
+
+    async def follow_fleet(self) -> bool:
+        """Take the fleet's record if it is newer (pub/sub push or reconcile); no fetch."""
+        fleet = self._fleet
+        if fleet is None or self._closed:
+            return False
+        async with self._lock:
+            current = self.record.access_token if self.record else None
+            try:
+                shared = await fleet.read(self.fleet_key)
+            except RedisDown:
+                return False
+            if not self._is_newer(shared, current):
+                return False
+            assert shared is not None
+            self._succeeded(_token_of(shared), "shared")
+            self._plan += 1
+            self._wake.set()
+            return True
 
     # -- passive refresh -----------------------------------------------------
 
@@ -353,11 +459,14 @@ class Refresher:
         token: str | None = None,
         token_fingerprint: str | None = None,
         allow_force: bool = True,
+        internal: bool = False,
     ) -> Passive:
         """A consumer says WeChat rejected ``token``: compare-and-refresh.
 
         ``allow_force=False`` limits a stable app to a normal-mode call (for SDK
-        callers, which cannot say which token they saw rejected).
+        callers, which cannot say which token they saw rejected). ``internal``
+        reports (a ticket fetch refused for its token) stay out of the consumers'
+        daily budget and metrics.
         """
         record = self.record
         if record is None:
@@ -373,16 +482,18 @@ class Refresher:
             return self._passive("newer", detail="a newer token is already in place")
         flight = self._flights.get(current)
         if flight is None:
-            refusal = self._passive_refusal()
+            refusal = self._passive_refusal(internal=internal)
             if refusal is not None:
                 return refusal
             self._last_passive = self._clock.now()
-            self._passive_today.append(self._last_passive)
+            if not internal:
+                self._passive_today.append(self._last_passive)
             flight = asyncio.ensure_future(self._passive_refresh(current, allow_force))
             self._flights[current] = flight
             flight.add_done_callback(lambda _: self._flights.pop(current, None))
         answer = await asyncio.shield(flight)
-        self._metrics.passive(self.app.name, answer.result)
+        if not internal:
+            self._metrics.passive(self.app.name, answer.result)
         return answer
 
     def _passive_refresh_blocked(self, now: float) -> Passive | None:
@@ -399,7 +510,7 @@ class Refresher:
             )
         return None
 
-    def _passive_refusal(self) -> Passive | None:
+    def _passive_refusal(self, *, internal: bool = False) -> Passive | None:
         now = self._clock.now()
         blocked = self._passive_refresh_blocked(now)
         if blocked is not None:
@@ -411,6 +522,8 @@ class Refresher:
                 retry_after=wait,
                 detail="this app was refreshed on a report moments ago",
             )
+        if internal:
+            return None
         day_start = next_quota_reset(now) - 86400
         self._passive_today = [t for t in self._passive_today if t >= day_start]
         if len(self._passive_today) >= self._passive_daily_limit:
@@ -432,11 +545,12 @@ class Refresher:
         async with self._lock:
             if self.record is None or self.record.access_token != stale:
                 return self._answer("newer", detail="replaced while this report waited")
-            if not await self._fetch(force=False):
+            if not await self._fetch(force=False, stale=stale):
                 return self._answer("failed", detail=str(self.last_error or "stopped"))
             if self.record.access_token != stale:
                 return self._answer("refreshed")
-            if not allow_force:
+            if not allow_force or self.schedule_grant != "stable":
+                # Only the stable grant has a force mode; WeCom repeats a valid token.
                 return self._answer("newer", detail="WeChat confirmed the current token is valid")
             # Stable grant: normal mode returned the same token, so WeChat still
             # thinks it valid while a consumer saw it rejected: it really is dead.
@@ -444,7 +558,13 @@ class Refresher:
 
     async def _force(self, stale: str) -> Passive:
         now = self._clock.now()
-        allowed = force_allowed_at(now, self._forces)
+        try:
+            used = await self._forces_used(now)
+        except RedisDown as exc:
+            return self._answer(
+                "failed", detail=f"Redis unreachable: the fleet's force budget is unknown ({exc})"
+            )
+        allowed = force_allowed_at(now, used)
         if allowed > now:
             self._log.error(
                 "force_refresh budget spent: the rejected token stays until WeChat renews it",
@@ -455,7 +575,7 @@ class Refresher:
                 retry_after=allowed - now,
                 detail="WeChat allows 20 force refreshes a day, 30 s apart",
             )
-        self._forces.append(now)
+        await self._use_force(now)
         before = (self.next_at, self.last_error, self.failures)
         if not await self._fetch(force=True):
             if isinstance(self.last_error, DailyQuotaError):
@@ -473,6 +593,18 @@ class Refresher:
             return self._answer("failed", detail="WeChat returned the same token to force_refresh")
         return self._answer("refreshed")
 
+    async def _forces_used(self, now: float) -> list[float]:
+        """Force refreshes used: by the whole fleet (in Redis) or by this daemon."""
+        if self._fleet is None:
+            return self._forces
+        return await self._fleet.forces_since(self.fleet_key, now - 86400)
+
+    async def _use_force(self, now: float) -> None:
+        self._forces.append(now)
+        if self._fleet is not None:
+            with contextlib.suppress(RedisDown):
+                await self._fleet.record_force(self.fleet_key, now)
+
     def _passive(
         self, result: PassiveResult, *, retry_after: float | None = None, detail: str | None = None
     ) -> Passive:
@@ -486,13 +618,14 @@ class Refresher:
 
     # -- outcomes ------------------------------------------------------------
 
-    def _succeeded(self, token: Token) -> None:
+    def _succeeded(self, token: Token, outcome: str = "ok") -> None:
         now = self._clock.now()
         self.failures, self.last_error = 0, None
-        self._metrics.failures(self.app.name, 0)
+        self._metrics.failures(self.app.name, 0, kind=self.kind)
         previous = self.record
         if (
-            previous is not None
+            self.kind == TOKEN  # a ticket repeated is simply valid for expires_in from now
+            and previous is not None
             and not previous.expired
             and token.access_token == previous.access_token
         ):
@@ -528,7 +661,7 @@ class Refresher:
         self._metrics.token(
             self.app.name, expires_at=record.expires_at, fetched=now, kind=self.kind
         )
-        self._log_refresh("ok" if saved else "unsaved", token, now)
+        self._log_refresh(outcome if saved else "unsaved", token, now)
 
     def _failed(self, error: FetchError) -> None:
         now = self._clock.now()
@@ -544,7 +677,7 @@ class Refresher:
             expires_at=valid_until,
         )
         self._metrics.refresh(self.app.name, self.credential, error.outcome, error.errcode)
-        self._metrics.failures(self.app.name, self.failures)
+        self._metrics.failures(self.app.name, self.failures, kind=self.kind)
         log = self._log.warning if isinstance(error, TransientError) else self._log.error
         if isinstance(error, DailyQuotaError):
             self._log.error(
@@ -640,7 +773,16 @@ class Refresher:
         self._wake.clear()
         now = self._clock.now()
         record = self.record
-        if record is not None and not record.expired and now < record.expires_at < at:
+        # WeCom renews only after expiry: its refresh lands a second later, not an outage.
+        renews_after = (
+            self.schedule_grant == "wecom" and at - (record.expires_at if record else 0) < 5
+        )
+        if (
+            record is not None
+            and not record.expired
+            and now < record.expires_at < at
+            and not renews_after
+        ):
             if not await self._nap(record.expires_at - now):
                 return False
             if self.record is record:
@@ -698,10 +840,12 @@ class TicketRefresher(Refresher):
         policy: Policy,
         semaphore: asyncio.Semaphore,
         metrics: Metrics | None = None,
+        fleet: Fleet | None = None,
         on_written: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
         self.ticket: Ticket = kind
+        self._refusing = False  # fresh tokens refused too: stop refreshing the token for it
         self._tokens = tokens
         self._tickets = tickets
         super().__init__(
@@ -713,6 +857,7 @@ class TicketRefresher(Refresher):
             policy=policy,
             semaphore=semaphore,
             metrics=metrics,
+            fleet=fleet,
             on_written=on_written,
         )
 
@@ -739,14 +884,26 @@ class TicketRefresher(Refresher):
             try:
                 async with self._semaphore:
                     self.busy_since = self._clock.monotonic()
-                    return await self._tickets.fetch_ticket(
+                    ticket = await self._tickets.fetch_ticket(
                         self.app, self.ticket, token.access_token
                     )
+                self._refusing = False
+                return ticket
             except TokenRejectedError:
                 self.busy_since = None
-                if attempt == 2:
-                    raise
-                answer = await self._tokens.report_rejected(token=token.access_token)
+                if attempt == 2 or self._refusing:
+                    # Even a freshly issued token is refused: refreshing again cannot help
+                    # and would kill the token consumers hold. Wait as for a fatal error.
+                    self._refusing = True
+                    raise FatalConfigError(
+                        f"the {self.kind} ticket endpoint refuses even a fresh access_token",
+                        errcode=40001,
+                        hint="another system may be refreshing this appid's token (classic"
+                        " grant), or the account may not use this ticket; retrying in 10 min",
+                    ) from None
+                answer = await self._tokens.report_rejected(
+                    token=token.access_token, allow_force=False, internal=True
+                )
                 self._log.warning(
                     "the ticket fetch was refused for its token: refreshed the token first",
                     result=answer.result,
@@ -759,5 +916,12 @@ class TicketRefresher(Refresher):
         token: str | None = None,
         token_fingerprint: str | None = None,
         allow_force: bool = True,
+        internal: bool = False,
     ) -> Passive:
         raise NotImplementedError("passive refresh is for tokens; tickets follow their token")
+
+
+def _token_of(shared: Shared) -> Token:
+    """A fleet record as if just fetched: same token, its own fetch time and expiry."""
+    lifetime = max(1, int(shared.expires_at - shared.fetched_at))
+    return Token(access_token=shared.token, expires_in=lifetime, fetched_at=shared.fetched_at)

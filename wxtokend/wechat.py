@@ -196,6 +196,12 @@ WECOM_ERRCODES: Final[dict[int, Errcode]] = {
     40091: Errcode(
         kind=FatalConfigError, meaning="secret is invalid", hint=_WECOM_COPY_FROM_CONSOLE
     ),
+    45009: Errcode(
+        kind=DailyQuotaError,
+        meaning="API call frequency limit reached",
+        hint="WeCom limits how often a token may be fetched: no fetch until the reset; if"
+        " another system fetches with this application's secret, stop it",
+    ),
 }
 
 _TOKEN_REJECTED = (40001, 40014, 42001)
