@@ -23,7 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import DaemonProcess, EmulatorProcess, TestApp, raw_post, wait_for  # noqa: E402
+from harness import (  # noqa: E402
+    DaemonProcess,
+    EmulatorProcess,
+    RedisServer,
+    TestApp,
+    raw_post,
+    wait_for,
+)
 
 
 @dataclass
@@ -91,13 +98,18 @@ def calls_per_lifetime(work: Path, *, lifetimes: int, apps_per_grant: int) -> li
     return figures
 
 
-def daemon_events(daemon: DaemonProcess) -> dict[str, list[float]]:
-    """Per app, the times of its refresh attempts (one log event per upstream call)."""
+def daemon_events(*daemons: DaemonProcess) -> dict[str, list[float]]:
+    """Per app, the times of its upstream calls, from one or more daemons' logs.
+
+    A refresh event is one upstream call, except "reused" (from disk) and "shared"
+    (taken from the fleet's record).
+    """
     times: dict[str, list[float]] = {}
-    for event in daemon.events():
-        if event.get("event") == "refresh" and event.get("outcome") != "reused":
-            stamp = datetime.fromisoformat(event["timestamp"]).timestamp()
-            times.setdefault(event["app"], []).append(stamp)
+    for daemon in daemons:
+        for event in daemon.events():
+            if event.get("event") == "refresh" and event.get("outcome") not in ("reused", "shared"):
+                stamp = datetime.fromisoformat(event["timestamp"]).timestamp()
+                times.setdefault(event["app"], []).append(stamp)
     return times
 
 
@@ -189,6 +201,50 @@ def passive_storm(work: Path, *, n: int) -> list[Figure]:
     ]
 
 
+def fleet_calls(work: Path, *, sizes: tuple[int, ...], lifetimes: int) -> list[Figure]:
+    """Upstream calls per app per lifetime for fleets of N classic-grant instances."""
+    lifetime = 10
+    figures = []
+    redis = RedisServer(work / "redis")
+    try:
+        for n in sizes:
+            group = _apps(10, "classic", 0x40000 + n * 100)
+            emu = EmulatorProcess(work / f"emu{n}", group, lifetime=lifetime, grace=3)
+            settings = {"redis": redis.url, "key_prefix": f"bench{n}", "reconcile_interval": 5}
+            fleet = [
+                DaemonProcess(work / f"d{n}-{i}", group, emu.base_url, fleet=settings)
+                for i in range(n)
+            ]
+            try:
+                for daemon in fleet:
+                    daemon.start()
+                for daemon in fleet:
+                    daemon.wait_for_tokens([a.name for a in group], timeout=60)
+                time.sleep(lifetime)
+                emu.post("/emulator/reset-stats", {})
+                started = time.monotonic()
+                time.sleep(lifetime * lifetimes)
+                elapsed = time.monotonic() - started
+                calls = sum(emu.calls(a.appid, "token") for a in group)
+            finally:
+                for daemon in fleet:
+                    daemon.kill()
+                emu.close()
+            ratio = per_lifetime(daemon_events(*fleet), [a.name for a in group], lifetime)
+            figures.append(
+                Figure(
+                    f"fleet of {n}: upstream calls per app per lifetime (classic)",
+                    f"{ratio:.3f}",
+                    "≈ 1 (not N)",
+                    f"{len(group)} apps, {elapsed / lifetime:.1f} lifetimes of {lifetime} s,"
+                    f" one Redis; emulator counted {calls / len(group) / (elapsed / lifetime):.3f}",
+                )
+            )
+    finally:
+        redis.stop()
+    return figures
+
+
 def table(figures: list[Figure]) -> str:
     rows = ["| figure | measured | target | detail |", "|---|---|---|---|"]
     rows += [f"| {f.name} | {f.value} | {f.target} | {f.detail} |" for f in figures]
@@ -204,6 +260,7 @@ def main() -> int:
         lambda w: calls_per_lifetime(w, lifetimes=3 if args.quick else 20, apps_per_grant=50),
         lambda w: first_tokens(w, n=1000),
         lambda w: passive_storm(w, n=1000),
+        lambda w: fleet_calls(w, sizes=(1, 5, 10), lifetimes=4 if args.quick else 10),
     ]
     figures: list[Figure] = []
     for run in runs:

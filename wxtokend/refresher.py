@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -649,13 +650,8 @@ class Refresher:
         )
         REDACTOR.register(f"{self.kind}:{self.app.name}", token.access_token, label="<token>")
         self.record = record
-        self._planned = refresh_at(
-            now=now,
-            fetched_at=token.fetched_at,
-            expires_at=token.expires_at,
-            grant=self.schedule_grant,
-            rng=self._rng,
-            policy=self._policy,
+        self._planned = self._refresh_point(
+            record, now, fetched_at=token.fetched_at, expires_at=token.expires_at
         )
         saved = self._write(record)
         self._metrics.token(
@@ -808,15 +804,38 @@ class Refresher:
         self._wake_due = None
         return sleep in done and woken not in done
 
-    def _refresh_point(self, record: Record, now: float) -> float:
-        return refresh_at(
+    def _refresh_point(
+        self,
+        record: Record,
+        now: float,
+        *,
+        fetched_at: float | None = None,
+        expires_at: float | None = None,
+    ) -> float:
+        """When to replace ``record``.
+
+        In a fleet every instance draws the *same* jitter for the same token (seeded
+        by its fingerprint), plus a small offset of its own: the fleet then refreshes
+        at one point per token, not at the earliest of N independent draws, and the
+        instances do not all reach for the lock at the same instant.
+        """
+        # The token's exact times when known: the record's are floored to whole seconds.
+        fetched = record.fetched_at if fetched_at is None else fetched_at
+        expires = record.expires_at if expires_at is None else expires_at
+        rng: Rng = self._rng
+        if self._fleet is not None:
+            rng = random.Random(int(fingerprint(record.access_token), 16))
+        at = refresh_at(
             now=now,
-            fetched_at=record.fetched_at,
-            expires_at=record.expires_at,
+            fetched_at=fetched,
+            expires_at=expires,
             grant=self.schedule_grant,
-            rng=self._rng,
+            rng=rng,
             policy=self._policy,
         )
+        if self._fleet is not None and at > now:
+            at += self._rng.uniform(0, 0.01 * max(0.0, expires - fetched))
+        return at
 
 
 class TicketRefresher(Refresher):
