@@ -1101,3 +1101,31 @@ class TestWeComAndTickets:
         )
         (problem,) = problems_of(path)
         assert ": apps[0].agentid: is required for the agent_config ticket" in problem
+
+
+class TestFleetConfig:
+    """The fleet block."""
+
+    def test_redis_url_from_a_file(self, tmp_path: Path) -> None:
+        """redis_file keeps the password out of the config file."""
+        (tmp_path / "redis.url").write_text("redis://:pw@redis.internal:6379/0\n")
+        config = load(tmp_path, f"fleet: {{redis_file: redis.url, role: follower}}\n{MINIMAL}")
+        assert config.fleet is not None
+        assert config.fleet.redis_url == "redis://:pw@redis.internal:6379/0"
+        assert config.fleet.role == "follower"
+
+    @pytest.mark.parametrize(
+        ("fleet", "problem"),
+        [
+            ("{}", "needs exactly one of redis or redis_file"),
+            ("{redis: 'http://x'}", "must be a redis://"),
+            ("{redis_file: missing.url}", "cannot read it"),
+            ("{redis: 'redis://x', role: leader}", "member"),
+        ],
+    )
+    def test_invalid(self, tmp_path: Path, fleet: str, problem: str) -> None:
+        """Each mistake is one line naming fleet's key; a URL is never echoed."""
+        path = write_config(tmp_path, f"fleet: {fleet}\n{MINIMAL}")
+        (line,) = problems_of(path)
+        assert ": fleet" in line
+        assert problem in line

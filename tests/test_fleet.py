@@ -149,3 +149,27 @@ class TestFollowAndBudget:
         assert not f.up
         assert f.last_error
         await f.aclose()
+
+
+@pytest.mark.anyio
+class TestVersionCounter:
+    """Versions stay above the stored record even if the counter is lost."""
+
+    async def test_counter_reset_does_not_lock_writes_out(self, redis_server: RedisServer) -> None:
+        """After the counter key is evicted, the next version still beats the record."""
+        f = fleet(redis_server.url)
+        for _ in range(5):
+            await f.write("wx1:classic", record(await f.next_version("wx1:classic")))
+        await f._redis.delete("wxtokend:ver:wx1:classic")  # eviction, FLUSH of one key, restore
+        version = await f.next_version("wx1:classic")
+        assert version == 6
+        assert await f.write("wx1:classic", record(version))
+        await f.aclose()
+
+    async def test_record_without_version(self, redis_server: RedisServer) -> None:
+        """A stored record missing its version is overwritten, not an error."""
+        f = fleet(redis_server.url)
+        await f._redis.set("wxtokend:rec:wx1:classic", '{"token": "x"}')
+        assert await f.write("wx1:classic", record(1))
+        assert f.up
+        await f.aclose()

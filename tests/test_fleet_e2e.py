@@ -178,11 +178,17 @@ class TestRedisOutage:
 class TestFleetPassiveStorm:
     """Passive refresh across the fleet."""
 
+    @pytest.mark.parametrize(("grant", "expected"), [("classic", 1), ("stable", 2)])
     def test_thousand_reports_over_five_instances(
-        self, emulator: EmulatorFactory, daemon: DaemonFactory, redis_server: RedisServer
+        self,
+        emulator: EmulatorFactory,
+        daemon: DaemonFactory,
+        redis_server: RedisServer,
+        grant: str,
+        expected: int,
     ) -> None:
-        """1,000 concurrent reports of one stale token, spread over 5 instances: one call."""
-        group = apps(1)
+        """1,000 concurrent reports over 5 instances: one refresh (stable: normal, then force)."""
+        group = apps(1, grant)
         emu = emulator(group, lifetime=600)
         fleet = start_fleet(daemon, group, emu, redis_server, 5)
         stale = fleet[0].wait_for_tokens(["app0"])["app0"]
@@ -198,7 +204,9 @@ class TestFleetPassiveStorm:
             )
 
         answers = asyncio.run(storm())
-        assert token_calls(emu, group) - before == 1
+        assert token_calls(emu, group) - before == expected
+        if grant == "stable":  # normal mode confirmed it valid to WeChat, so one force
+            assert emu.stats()[group[0].appid]["stable_token_force"] == 1
         assert {status for status, _, _ in answers} == {200}
         fingerprints = {json.loads(payload)["app"]["fingerprint"] for _, payload, _ in answers}
         assert len(fingerprints) == 1

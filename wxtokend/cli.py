@@ -239,6 +239,12 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
     failed = 0
     try:
         for app in config.apps:
+            if app.grant == "classic" and config.fleet is not None:
+                print(
+                    f"  {app.name}: skipped — in a fleet a lone classic fetch would invalidate the"
+                    " token every instance serves; the fleet's own refresh is the check"
+                )
+                continue
             if app.grant == "classic" and not force:
                 print(
                     f"  {app.name}: skipped — a classic fetch invalidates the token consumers hold;"

@@ -57,6 +57,7 @@ OUTPUT_DIR_MODE = 0o750
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _APPID = re.compile(r"[\x21-\x7e]{1,128}")
+_REDIS_URL = re.compile(r"^(redis|rediss|unix)://")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -212,8 +213,13 @@ class _FleetModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    redis: str = Field(
-        description="redis://[:password@]host:6379/0, rediss:// for TLS, or unix:///path."
+    redis: str | None = Field(
+        None, description="redis://[:password@]host:6379/0, rediss:// for TLS, or unix:///path."
+    )
+    redis_file: str | None = Field(
+        None,
+        description="A file holding that URL instead (keeps the Redis password out of the"
+        " config, which consumers may read).",
     )
     key_prefix: str = Field(
         "wxtokend", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every Redis key."
@@ -232,9 +238,9 @@ class _FleetModel(BaseModel):
 
     @field_validator("redis")
     @classmethod
-    def _redis_url(cls, value: str) -> str:
+    def _redis_url(cls, value: str | None) -> str | None:
         # Never echo the value: it may carry a password.
-        if not re.match(r"^(redis|rediss|unix)://", value):
+        if value is not None and not _REDIS_URL.match(value):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
@@ -559,6 +565,7 @@ class _Resolver:
         apps = tuple(self._app(i, a) for i, a in enumerate(self.model.apps))
         self._duplicates(apps)
         gid = self._group()
+        fleet = self._fleet()
         self._inline_secret_warning()
         if self.problems:
             raise ConfigError(self.problems)
@@ -574,7 +581,7 @@ class _Resolver:
             request_timeout=self.model.request_timeout,
             apps=tuple(a for a in apps if a is not None),
             admin=self._admin(),
-            fleet=self._fleet(),
+            fleet=fleet,
             warnings=tuple(self.warnings),
         )
 
@@ -582,14 +589,39 @@ class _Resolver:
         fleet = self.model.fleet
         if fleet is None:
             return None
+        url = self._redis_url(fleet)
+        if url is None:
+            return None
         return FleetSettings(
-            redis_url=fleet.redis,
+            redis_url=url,
             key_prefix=fleet.key_prefix,
             lock_ttl=fleet.lock_ttl,
             role=fleet.role,
             on_redis_down=fleet.on_redis_down,
             reconcile_interval=fleet.reconcile_interval,
         )
+
+    def _redis_url(self, fleet: _FleetModel) -> str | None:
+        if (fleet.redis is None) == (fleet.redis_file is None):
+            self._fail("fleet", "needs exactly one of redis or redis_file", "add redis: <url>")
+            return None
+        if fleet.redis is not None:
+            return fleet.redis
+        assert fleet.redis_file is not None
+        path = self.base / fleet.redis_file
+        try:
+            url = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            self._fail("fleet.redis_file", f"{path}: cannot read it", "create it holding the URL")
+            return None
+        if not _REDIS_URL.match(url):
+            self._fail(
+                "fleet.redis_file",
+                f"{path} does not hold a redis://, rediss:// or unix:// URL",
+                "put only the URL in it",
+            )
+            return None
+        return url
 
     def _admin(self) -> AdminConfig:
         admin = self.model.admin

@@ -15,7 +15,8 @@ import signal
 import socket
 from collections.abc import Iterable
 from dataclasses import replace
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from starlette.applications import Starlette
 
@@ -40,7 +41,7 @@ _CRASH_PAUSE = 5.0
 _STATUS_EVERY = 30.0
 _RELOAD_SETTLE = 0.3  # editors and kubelet write in bursts: reload once per burst
 # Global settings a running daemon cannot change in place.
-_RESTART_ONLY = ("output_dir", "proxy", "request_timeout", "max_concurrency", "admin")
+_RESTART_ONLY = ("output_dir", "proxy", "request_timeout", "max_concurrency", "admin", "fleet")
 
 
 class Daemon:
@@ -81,8 +82,9 @@ class Daemon:
             self.fleet = Fleet(config.fleet, clock_now=self.clock.now)
             REDACTOR.register("fleet:redis", config.fleet.redis_url, label="<redis url>")
             password = urlsplit(config.fleet.redis_url).password
-            if password:
+            if password:  # redis-py decodes %xx: hide both spellings
                 REDACTOR.register("fleet:password", password, label="<redis password>")
+                REDACTOR.register("fleet:password:raw", unquote(password), label="<redis password>")
         self._fleet_keys: dict[str, Refresher] = {}
         self._policy = Policy(stable_window=config.stable_renew_window)
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
@@ -95,7 +97,8 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._reload_forced = False
         self._written = asyncio.Event()
-        self._following: set[asyncio.Task[bool]] = set()
+        self._following: set[str] = set()
+        self._follow_tasks: set[asyncio.Task[bool]] = set()
         self._ready_sent = False
         self._fingerprint = content_fingerprint(config.watched_files())
         for app in config.apps:
@@ -189,6 +192,7 @@ class Daemon:
             api_base=self.config.api_base,
             admin=[asgi.base_url(sock) for sock, _ in listeners],
         )
+        await self._follow_fleet_once()
         for refresher in refreshers:
             self._spawn(refresher)
         watcher = ConfigWatcher(asyncio.get_running_loop(), self.request_reload)
@@ -244,21 +248,27 @@ class Daemon:
 
     # -- refreshers ----------------------------------------------------------
 
+    def _loop_parts(self) -> dict[str, Any]:
+        """What every refresh loop of this daemon shares."""
+        return {
+            "store": self.store,
+            "clock": self.clock,
+            "rng": self._rng,
+            "policy": self._policy,
+            "semaphore": self._semaphore,
+            "metrics": self.metrics,
+            "fleet": self.fleet,
+            "on_written": self._written.set,
+        }
+
     def _add(self, app: AppConfig) -> list[Refresher]:
         """The loops of a new app: its token, then each of its tickets."""
         refresher = Refresher(
             app,
             source=self._source,
-            store=self.store,
-            clock=self.clock,
-            rng=self._rng,
-            policy=self._policy,
-            semaphore=self._semaphore,
-            metrics=self.metrics,
-            fleet=self.fleet,
             passive_min_interval=self.config.admin.passive_min_interval,
             passive_daily_limit=self.config.admin.passive_daily_limit,
-            on_written=self._written.set,
+            **self._loop_parts(),
         )
         self.refreshers[app.name] = refresher
         self._loops[app.name] = refresher
@@ -271,18 +281,7 @@ class Daemon:
 
     def _add_ticket(self, app: AppConfig, kind: Ticket) -> TicketRefresher:
         ticket = TicketRefresher(
-            app,
-            kind,
-            tokens=self.refreshers[app.name],
-            tickets=self._source,
-            store=self.store,
-            clock=self.clock,
-            rng=self._rng,
-            policy=self._policy,
-            semaphore=self._semaphore,
-            metrics=self.metrics,
-            fleet=self.fleet,
-            on_written=self._written.set,
+            app, kind, tokens=self.refreshers[app.name], tickets=self._source, **self._loop_parts()
         )
         self.tickets[app.name][kind] = ticket
         self._loops[f"{app.name}/{kind}"] = ticket
@@ -353,13 +352,25 @@ class Daemon:
             asyncio.create_task(self._reconcile(self.fleet), name="fleet-reconcile"),
         ]
 
+    async def _follow_fleet_once(self) -> None:
+        """At start, before any loop runs: take what the fleet refreshed while we were away."""
+        if self.fleet is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):  # Redis away must not hold the start back
+                for loop in list(self._loops.values()):
+                    await loop.follow_fleet()
+
     def _on_fleet_update(self, credential: str) -> None:
         """Pushed by pub/sub: a credential changed somewhere in the fleet; follow it."""
         loop = self._fleet_keys.get(credential)
-        if loop is not None:
-            task = asyncio.create_task(loop.follow_fleet())
-            self._following.add(task)
-            task.add_done_callback(self._following.discard)
+        if loop is None or credential in self._following:
+            return  # one pending follow per credential: a flood of messages coalesces
+        self._following.add(credential)
+        task = asyncio.create_task(loop.follow_fleet())
+        task.add_done_callback(lambda _: self._following.discard(credential))
+        self._follow_tasks.add(task)
+        task.add_done_callback(self._follow_tasks.discard)
 
     async def _reconcile(self, fleet: Fleet) -> None:
         """Re-read every shared record now and then: pub/sub messages can be lost."""
@@ -475,6 +486,8 @@ class Daemon:
     async def reload(self, watcher: ConfigWatcher | None = None, *, forced: bool = False) -> bool:
         """Apply the config file as it is now; keep running on the old one if it is invalid."""
         fingerprint = content_fingerprint(self.config.watched_files())
+        if fingerprint == self._fingerprint and not forced:
+            return False  # nothing we read changed: no need to even parse the config
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:

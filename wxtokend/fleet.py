@@ -35,11 +35,26 @@ _CAS = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, record = pcall(cjson.decode, current)
-  if ok and tonumber(record['version']) >= tonumber(ARGV[2]) then return 0 end
+  if ok and tonumber(record['version'] or 0) >= tonumber(ARGV[2]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('PUBLISH', KEYS[2], ARGV[4])
 return 1
+"""
+# A version above both the counter and the stored record: if the counter key was
+# evicted, flushed or restored, counting restarts *above* the record, not at 1.
+_NEXT_VERSION = """
+local v = redis.call('INCR', KEYS[1])
+local current = redis.call('GET', KEYS[2])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  local stored = ok and tonumber(record['version'] or 0) or 0
+  if stored >= v then
+    v = stored + 1
+    redis.call('SET', KEYS[1], v)
+  end
+end
+return v
 """
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -117,11 +132,13 @@ class Fleet:
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
         self._cas = self._redis.register_script(_CAS)
+        self._next_version = self._redis.register_script(_NEXT_VERSION)
         self._extend = self._redis.register_script(_EXTEND)
         self._release = self._redis.register_script(_RELEASE)
         self.instance = secrets.token_hex(8)
         self.up = True
         self.last_error: str | None = None
+        self.lost_locks = 0
 
     def _key(self, kind: str, credential: str) -> str:
         return f"{self.settings.key_prefix}:{kind}:{credential}"
@@ -152,7 +169,8 @@ class Fleet:
         return Shared.from_json(raw) if raw is not None else None
 
     async def next_version(self, credential: str) -> int:
-        return int(await self._call(self._redis.incr(self._key("ver", credential))))
+        keys = [self._key("ver", credential), self._key("rec", credential)]
+        return int(await self._call(self._next_version(keys=keys)))
 
     async def write(self, credential: str, record: Shared) -> bool:
         """Compare-and-set: stored only if its version beats the stored one; then published."""
@@ -174,12 +192,13 @@ class Fleet:
         ttl_ms = int(self.settings.lock_ttl * 1000)
         owner = f"{self.instance}:{secrets.token_hex(4)}"
         deadline = self._now() + wait
-        held = False
+        held, pause = False, 0.05
         while True:
             held = bool(await self._call(self._redis.set(key, owner, nx=True, px=ttl_ms)))
             if held or self._now() >= deadline:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)  # a dead holder's lock takes lock_ttl to lapse
         keeper = asyncio.create_task(self._keep(key, owner, ttl_ms)) if held else None
         try:
             yield held
@@ -194,7 +213,9 @@ class Fleet:
         while True:
             await asyncio.sleep(ttl_ms / 3000)
             with contextlib.suppress(RedisDown):
-                await self._call(self._extend(keys=[key], args=[owner, ttl_ms]))
+                if not await self._call(self._extend(keys=[key], args=[owner, ttl_ms])):
+                    self.lost_locks += 1  # lapsed: another instance may be fetching too
+                    return
 
     # -- the force_refresh budget ----------------------------------------------
 
@@ -228,7 +249,10 @@ class Fleet:
                     )
                     if message and message.get("type") == "message":
                         data = message["data"]
-                        on_update(data.decode() if isinstance(data, bytes) else str(data))
+                        text = (
+                            data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+                        )
+                        on_update(text)
             except RedisDown:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

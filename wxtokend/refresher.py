@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -141,6 +141,9 @@ class Refresher:
         self._semaphore = semaphore
         self._metrics = metrics or Metrics()
         self._fleet = fleet
+        self._fleet_version: int | None = None  # the shared record's version we follow
+        self._fleet_held = False
+        self._unpublished: Shared | None = None
         self._passive_min_interval = passive_min_interval
         self._passive_daily_limit = passive_daily_limit
         self._passive_today: list[float] = []
@@ -341,7 +344,6 @@ class Refresher:
         """
         if self._closed:
             return False
-        self._mark_refreshing()
         if stale is None and self.record is not None:
             stale = self.record.access_token
         try:
@@ -370,6 +372,7 @@ class Refresher:
         """A new token: from the fleet's shared record if a newer one is there, else fetched."""
         fleet = self._fleet
         if fleet is None:
+            self._mark_refreshing()
             return await self._upstream(force=force), "ok"
         try:
             return await self._obtain_in_fleet(fleet, force=force, stale=stale)
@@ -379,6 +382,7 @@ class Refresher:
             ):
                 # Stable normal mode (and WeCom) cannot invalidate anyone's token.
                 self._log.warning("Redis unreachable: fetching directly", error=str(exc))
+                self._mark_refreshing()
                 return await self._upstream(force=force), "ok"
             raise TransientError(
                 f"Redis unreachable, and this instance may not fetch alone: {exc}",
@@ -393,36 +397,78 @@ class Refresher:
         shared = await fleet.read(key)
         if self._is_newer(shared, stale):
             assert shared is not None
-            return _token_of(shared), "shared"
+            return self._adopted(shared)
         if fleet.settings.role == "follower":
             raise TransientError(
                 "follower: waiting for a member of the fleet to refresh",
                 hint="followers never fetch; check that a member runs and reaches Redis",
             )
+        if self._fleet_held:  # a passive refresh already holds the fleet's lock
+            return await self._fetch_and_publish(fleet, key, force=force)
         async with fleet.lock(key, wait=fleet.settings.lock_ttl + 1) as held:
             shared = await fleet.read(key)
             if self._is_newer(shared, stale):
                 assert shared is not None
-                return _token_of(shared), "shared"
+                return self._adopted(shared)
             if not held:
                 raise TransientError(
                     "another instance holds the fetch lock and published nothing yet",
                     hint="retrying; its lock expires after fleet.lock_ttl if it died",
                 )
-            version = await fleet.next_version(key)  # before the fetch: older fetches lose
-            token = await self._upstream(force=force)
-            record = Shared(
-                token=token.access_token,
-                expires_at=token.expires_at,
-                fetched_at=token.fetched_at,
-                version=version,
-            )
+            return await self._fetch_and_publish(fleet, key, force=force)
+
+    async def _fetch_and_publish(self, fleet: Fleet, key: str, *, force: bool) -> tuple[Token, str]:
+        version = await fleet.next_version(key)  # before the fetch: older fetches lose
+        self._mark_refreshing()
+        token = await self._upstream(force=force)
+        record = Shared(
+            token=token.access_token,
+            expires_at=token.expires_at,
+            fetched_at=token.fetched_at,
+            version=version,
+        )
+        try:
             if await fleet.write(key, record):
+                self._fleet_version = version
                 return token, "ok"
             newest = await fleet.read(key)  # someone newer won the race: follow them
-            if newest is not None and newest.expires_at > self._clock.now():
-                return _token_of(newest), "shared"
+        except RedisDown as exc:
+            # WeChat issued it (and, classic, killed the old one): never drop it.
+            self._unpublished = record
+            self._fleet_version = version
+            self._log.error(
+                "fetched a token but could not publish it to the fleet; retrying",
+                error=str(exc),
+            )
             return token, "ok"
+        if newest is not None and newest.expires_at > self._clock.now():
+            return self._adopted(newest)
+        return token, "ok"
+
+    def _adopted(self, shared: Shared) -> tuple[Token, str]:
+        self._fleet_version = shared.version
+        return _token_of(shared), "shared"
+
+    @contextlib.asynccontextmanager
+    async def _fleet_hold(self) -> AsyncIterator[None]:
+        """Hold the fleet's lock across a whole passive refresh (normal call, then force),
+        so the fleet makes one refresh per stale token and counts forces in order."""
+        fleet = self._fleet
+        if fleet is None or fleet.settings.role == "follower":
+            yield
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                held = await stack.enter_async_context(
+                    fleet.lock(self.fleet_key, wait=fleet.settings.lock_ttl + 1)
+                )
+            except RedisDown:
+                held = False
+            self._fleet_held = held
+            try:
+                yield
+            finally:
+                self._fleet_held = False
 
     def _is_newer(self, shared: Shared | None, stale: str | None) -> bool:
         """A shared record worth taking instead of fetching: another, valid, newer token."""
@@ -430,6 +476,8 @@ class Refresher:
             return False
         if stale is not None and hmac.compare_digest(shared.token.encode(), stale.encode()):
             return False
+        if self._fleet_version is not None:  # versions, not clocks of different hosts
+            return shared.version > self._fleet_version
         current = self.record
         return current is None or shared.fetched_at >= current.fetched_at
 
@@ -441,13 +489,17 @@ class Refresher:
         async with self._lock:
             current = self.record.access_token if self.record else None
             try:
+                if self._unpublished is not None:
+                    await fleet.write(self.fleet_key, self._unpublished)  # refused if stale
+                    self._unpublished = None
                 shared = await fleet.read(self.fleet_key)
             except RedisDown:
                 return False
             if not self._is_newer(shared, current):
                 return False
             assert shared is not None
-            self._succeeded(_token_of(shared), "shared")
+            token, outcome = self._adopted(shared)
+            self._succeeded(token, outcome)
             self._plan += 1
             self._wake.set()
             return True
@@ -543,7 +595,7 @@ class Refresher:
         return None
 
     async def _passive_refresh(self, stale: str, allow_force: bool) -> Passive:
-        async with self._lock:
+        async with self._lock, self._fleet_hold():
             if self.record is None or self.record.access_token != stale:
                 return self._answer("newer", detail="replaced while this report waited")
             if not await self._fetch(force=False, stale=stale):
@@ -833,7 +885,7 @@ class Refresher:
             rng=rng,
             policy=self._policy,
         )
-        if self._fleet is not None and at > now:
+        if self._fleet is not None and at > now and self.schedule_grant != "wecom":
             at += self._rng.uniform(0, 0.01 * max(0.0, expires - fetched))
         return at
 
@@ -928,16 +980,6 @@ class TicketRefresher(Refresher):
                     result=answer.result,
                 )
         raise AssertionError("unreachable")
-
-    async def report_rejected(
-        self,
-        *,
-        token: str | None = None,
-        token_fingerprint: str | None = None,
-        allow_force: bool = True,
-        internal: bool = False,
-    ) -> Passive:
-        raise NotImplementedError("passive refresh is for tokens; tickets follow their token")
 
 
 def _token_of(shared: Shared) -> Token:

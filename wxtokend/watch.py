@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -36,12 +37,21 @@ def content_fingerprint(paths: Iterable[Path]) -> str:
 
 
 class _Forward(FileSystemEventHandler):
-    def __init__(self, notify: Callable[[], None]) -> None:
+    """Passes on events that touch a watched file, or Kubernetes' ``..data`` swaps."""
+
+    def __init__(self, notify: Callable[[], None], names: set[str]) -> None:
         self._notify = notify
+        self._names = names
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in ("opened", "closed_no_write"):  # reads are not changes
-            self._notify()
+        if event.event_type in ("opened", "closed_no_write"):  # reads are not changes
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            name = os.path.basename(os.fsdecode(path)) if path else ""
+            # Other files in the same directory (logs, tokens) must not cost a reload check.
+            if name in self._names or name.startswith(".."):
+                self._notify()
+                return
 
 
 class ConfigWatcher:
@@ -52,21 +62,24 @@ class ConfigWatcher:
         self._on_change = on_change
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._watched: set[Path] = set()
+        self._names: set[str] = set()
 
     def watch(self, files: Iterable[Path]) -> None:
         """(Re)start watching the directories holding ``files``."""
+        files = list(files)
         directories = {f.absolute().parent for f in files}
         directories = {d for d in directories if d.is_dir()}
-        if directories == self._watched:
+        if directories == self._watched and {f.name for f in files} == self._names:
             return
         self.stop()
         observer = Observer()
-        handler = _Forward(self._threadsafe_notify)
+        handler = _Forward(self._threadsafe_notify, {f.name for f in files})
         for directory in sorted(directories):
             observer.schedule(handler, str(directory), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer, self._watched = observer, directories
+        self._names = {f.name for f in files}
 
     def _threadsafe_notify(self) -> None:
         # Runs on watchdog's thread; the loop may already be closing at shutdown.
