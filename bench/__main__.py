@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -32,13 +31,7 @@ from harness import (  # noqa: E402
     wait_for,
 )
 
-
-@dataclass
-class Figure:
-    name: str
-    value: str
-    target: str
-    detail: str = ""
+from bench.figures import Figure, table  # noqa: E402
 
 
 def _apps(n: int, grant: str, offset: int) -> list[TestApp]:
@@ -243,12 +236,6 @@ def fleet_calls(work: Path, *, sizes: tuple[int, ...], lifetimes: int) -> list[F
     finally:
         redis.stop()
     return figures
-
-
-def table(figures: list[Figure]) -> str:
-    rows = ["| figure | measured | target | detail |", "|---|---|---|---|"]
-    rows += [f"| {f.name} | {f.value} | {f.target} | {f.detail} |" for f in figures]
-    return "\n".join(rows)
 
 
 def main() -> int:
