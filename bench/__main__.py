@@ -32,6 +32,7 @@ from harness import (  # noqa: E402
 )
 
 from bench.figures import Figure, table  # noqa: E402
+from bench.reads import read_cost  # noqa: E402
 
 
 def _apps(n: int, grant: str, offset: int) -> list[TestApp]:
@@ -247,6 +248,7 @@ def main() -> int:
         lambda w: calls_per_lifetime(w, lifetimes=3 if args.quick else 20, apps_per_grant=50),
         lambda w: first_tokens(w, n=1000),
         lambda w: passive_storm(w, n=1000),
+        lambda w: read_cost(w, n=2000 if args.quick else 10000),
         lambda w: fleet_calls(w, sizes=(1, 5, 10), lifetimes=4 if args.quick else 10),
     ]
     figures: list[Figure] = []
