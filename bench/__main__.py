@@ -31,6 +31,7 @@ from harness import (  # noqa: E402
     wait_for,
 )
 
+from bench.crash import crash_safety  # noqa: E402
 from bench.figures import Figure, table  # noqa: E402
 from bench.reads import read_cost  # noqa: E402
 from bench.scale import scale  # noqa: E402
@@ -252,6 +253,7 @@ def main() -> int:
         lambda w: read_cost(w, n=2000 if args.quick else 10000),
         lambda w: scale(w, n=1000, idle=10 if args.quick else 30),
         *([] if args.quick else [lambda w: scale(w, n=10000, idle=30)]),
+        lambda w: crash_safety(w, kills=40 if args.quick else 200),
         lambda w: fleet_calls(w, sizes=(1, 5, 10), lifetimes=4 if args.quick else 10),
     ]
     figures: list[Figure] = []
