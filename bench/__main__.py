@@ -31,6 +31,7 @@ from harness import (  # noqa: E402
     wait_for,
 )
 
+from bench.baselines import baselines  # noqa: E402
 from bench.crash import crash_safety  # noqa: E402
 from bench.figures import Figure, table  # noqa: E402
 from bench.reads import read_cost  # noqa: E402
@@ -249,6 +250,7 @@ def main() -> int:
     runs: list[Callable[[Path], list[Figure]]] = [
         lambda w: calls_per_lifetime(w, lifetimes=3 if args.quick else 20, apps_per_grant=50),
         lambda w: first_tokens(w, n=1000),
+        lambda w: baselines(w, lifetimes=3 if args.quick else 10),
         lambda w: passive_storm(w, n=1000),
         lambda w: read_cost(w, n=2000 if args.quick else 10000),
         lambda w: scale(w, n=1000, idle=10 if args.quick else 30),
