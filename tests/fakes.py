@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from wxtokend.config import AppConfig, Grant
+from wxtokend.config import AdminConfig, AppConfig, Config, Grant
 from wxtokend.errors import FetchError
 from wxtokend.wechat import Token
 
@@ -105,3 +106,20 @@ class ScriptedTickets:
             raise TokenRejectedError("errcode 40001", errcode=40001)
         ticket = f"TICKET_{kind}_{len(self.calls):06d}"
         return Token(access_token=ticket, expires_in=self.lifetime, fetched_at=now)
+
+
+def daemon_config(tmp_path: Path, apps: tuple[AppConfig, ...]) -> Config:
+    """A validated-looking config for in-process daemons: no admin listener, 10 s passive pace."""
+    return Config(
+        path=tmp_path / "config.yaml",
+        output_dir=tmp_path / "tokens",
+        file_mode=0o640,
+        file_gid=None,
+        api_base="https://api.weixin.qq.com",
+        proxy=None,
+        max_concurrency=16,
+        stable_renew_window=300,
+        request_timeout=10,
+        apps=apps,
+        admin=AdminConfig(listen=None, passive_min_interval=10),
+    )

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakes import ScriptedWeChat, VirtualClock
+from fakes import ScriptedWeChat, VirtualClock, daemon_config
 
 from wxtokend.admin import admin_app, probe_app
-from wxtokend.config import AdminConfig, AppConfig, Config, Grant
+from wxtokend.config import AppConfig, Grant
 from wxtokend.daemon import Daemon
 from wxtokend.redact import Secret, fingerprint
 
@@ -44,19 +44,7 @@ class World:
     def __init__(self, tmp_path: Path) -> None:
         self.clock = VirtualClock()
         self.wechat = ScriptedWeChat(self.clock)
-        config = Config(
-            path=tmp_path / "config.yaml",
-            output_dir=tmp_path / "tokens",
-            file_mode=0o640,
-            file_gid=None,
-            api_base="https://api.weixin.qq.com",
-            proxy=None,
-            max_concurrency=16,
-            stable_renew_window=300,
-            request_timeout=10,
-            apps=(SHOP, MINI),
-            admin=AdminConfig(listen=None, passive_min_interval=10),
-        )
+        config = daemon_config(tmp_path, (SHOP, MINI))
         self.daemon = Daemon(config, source=self.wechat, clock=self.clock)
         self.daemon.start()
         self.admin = httpx.AsyncClient(

@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import ScriptedTickets, ScriptedWeChat, VirtualClock
+from fakes import ScriptedTickets, ScriptedWeChat, VirtualClock, daemon_config
 
 from wxtokend.admin import admin_app
-from wxtokend.config import AdminConfig, AppConfig, Config, Grant, Ticket
+from wxtokend.config import AppConfig, Grant, Ticket
 from wxtokend.daemon import Daemon
 from wxtokend.jssdk import signature
 from wxtokend.redact import Secret
@@ -64,19 +64,7 @@ class World:
         self.clock = VirtualClock()
         self.wechat = ScriptedWeChat(self.clock)
         self.ticketing = ScriptedTickets(self.clock, self.wechat)
-        config = Config(
-            path=tmp_path / "config.yaml",
-            output_dir=tmp_path / "tokens",
-            file_mode=0o640,
-            file_gid=None,
-            api_base="https://api.weixin.qq.com",
-            proxy=None,
-            max_concurrency=16,
-            stable_renew_window=300,
-            request_timeout=10,
-            apps=apps,
-            admin=AdminConfig(listen=None, passive_min_interval=10),
-        )
+        config = daemon_config(tmp_path, apps)
         self.daemon = Daemon(config, source=Upstream(self.wechat, self.ticketing), clock=self.clock)
         self.daemon.start()
         self.admin = httpx.AsyncClient(
