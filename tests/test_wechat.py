@@ -120,6 +120,11 @@ def fail_with(httpx_mock: HTTPXMock, exc: Exception, grant: Grant = "stable") ->
     httpx_mock.add_exception(exc, **matchers(grant))
 
 
+def mockable() -> httpx.AsyncHTTPTransport:
+    """httpx's own transport, which pytest-httpx intercepts (the daemon's is aiohttp's)."""
+    return httpx.AsyncHTTPTransport()
+
+
 async def fetch(
     app: AppConfig,
     *,
@@ -128,7 +133,9 @@ async def fetch(
     api_base: str = API_BASE,
     **client_options: Any,
 ) -> Token:
-    client = WeChatClient(api_base=api_base, clock=clock or FixedClock(), **client_options)
+    client = WeChatClient(
+        api_base=api_base, clock=clock or FixedClock(), transport=mockable(), **client_options
+    )
     try:
         return await client.fetch_token(app, force=force)
     finally:
@@ -438,7 +445,7 @@ class TestTransportFailures:
     async def test_undecodable_body_is_malformed(self, httpx_mock: HTTPXMock) -> None:
         """A body that fails Content-Encoding decoding is a MalformedResponse, not a crash."""
         reply(httpx_mock, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
-        client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+        client = WeChatClient(api_base=API_BASE, clock=FixedClock(), transport=mockable())
         try:
             with pytest.raises(MalformedResponse):
                 await client.fetch_token(make_app())
@@ -507,7 +514,7 @@ class TestMalformedReplies:
     async def test_deeply_nested_json_is_malformed(self, httpx_mock: HTTPXMock) -> None:
         """A pathologically nested JSON reply is a MalformedResponse, not a RecursionError."""
         reply(httpx_mock, content=b"[" * 100_000 + b"]" * 100_000)
-        client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+        client = WeChatClient(api_base=API_BASE, clock=FixedClock(), transport=mockable())
         try:
             with pytest.raises(MalformedResponse):
                 await client.fetch_token(make_app())
@@ -802,7 +809,7 @@ def make_wecom() -> AppConfig:
 
 
 async def ticket(app: AppConfig, kind: Any, token: str = TOKEN) -> Token:
-    client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+    client = WeChatClient(api_base=API_BASE, clock=FixedClock(), transport=mockable())
     try:
         return await client.fetch_ticket(app, kind, token)
     finally:
@@ -821,7 +828,7 @@ class TestWeComToken:
             match_params={"corpid": CORPID, "corpsecret": SECRET},
             json={"errcode": 0, "errmsg": "ok", "access_token": TOKEN, "expires_in": 7200},
         )
-        client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+        client = WeChatClient(api_base=API_BASE, clock=FixedClock(), transport=mockable())
         token = await client.fetch_token(make_wecom())
         await client.aclose()
         assert (token.access_token, token.expires_in) == (TOKEN, 7200)
@@ -844,7 +851,7 @@ class TestWeComToken:
             url=f"{QY_BASE}/cgi-bin/gettoken?corpid={CORPID}&corpsecret={SECRET}",
             json={"errcode": errcode, "errmsg": "x"},
         )
-        client = WeChatClient(api_base=API_BASE, clock=FixedClock())
+        client = WeChatClient(api_base=API_BASE, clock=FixedClock(), transport=mockable())
         with pytest.raises(kind) as info:
             await client.fetch_token(make_wecom())
         await client.aclose()

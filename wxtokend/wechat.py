@@ -32,6 +32,7 @@ from wxtokend.errors import (
     UnknownErrcodeError,
 )
 from wxtokend.redact import Redactor
+from wxtokend.transport import AiohttpTransport
 
 __all__ = [
     "ERRCODES",
@@ -271,11 +272,11 @@ class WeChatClient:
         self._clock = clock or SystemClock()
         self._redactor = redactor or Redactor()
         self._on_request = on_request
+        if transport is None:
+            transport = AiohttpTransport(max_connections=max_connections, proxy=proxy)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
-            proxy=proxy,
             transport=transport,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=32),
             headers={"User-Agent": f"wxtokend/{__version__}"},
             trust_env=False,
             follow_redirects=False,
