@@ -152,7 +152,8 @@ class DaemonProcess:
         self.api_base = api_base
         self.config_path = directory / "config.yaml"
         self.output_dir = directory / "tokens"
-        self.log_path = directory / "daemon.log"
+        # Not beside the config: the daemon watches that directory, and a log line is an event.
+        self.log_path = directory / "log" / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.configure(apps, **settings)
 
@@ -179,6 +180,7 @@ class DaemonProcess:
         _replace(self.config_path, yaml.safe_dump(config))
 
     def start(self, *extra: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             _python("run", "-c", str(self.config_path), *extra),

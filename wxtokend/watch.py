@@ -17,10 +17,34 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 __all__ = ["ConfigWatcher", "content_fingerprint"]
+
+# Changes only: without a filter inotify also reports every open and read, e.g. the
+# daemon reading 10,000 secret files at start, each then passed to watchdog's thread.
+_CHANGES: list[type[FileSystemEvent]] = [
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+]
 
 
 def content_fingerprint(paths: Iterable[Path]) -> str:
@@ -75,7 +99,7 @@ class ConfigWatcher:
         observer = Observer()
         handler = _Forward(self._threadsafe_notify, {f.name for f in files})
         for directory in sorted(directories):
-            observer.schedule(handler, str(directory), recursive=False)
+            observer.schedule(handler, str(directory), recursive=False, event_filter=_CHANGES)
         observer.daemon = True
         observer.start()
         self._observer, self._watched = observer, directories
