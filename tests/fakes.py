@@ -28,6 +28,13 @@ class VirtualClock:
         self.t += max(0.0, seconds)
         await asyncio.sleep(0)
 
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """The time passes at once; woken only if ``event`` was set by then."""
+        if event.is_set():
+            return True
+        await self.sleep(seconds)
+        return event.is_set()
+
 
 class ScriptedWeChat:
     """Answers like WeChat: classic issues anew, stable renews only inside the window.

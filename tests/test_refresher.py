@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,14 +70,14 @@ def make_refresher(
     return refresher, store
 
 
-async def run_until(
-    refresher: Refresher, done: Callable[[], bool], *, limit: int = 100_000
-) -> None:
-    """Run the loop until ``done()``; the virtual clock makes each turn instant."""
+async def run_until(refresher: Refresher, done: Callable[[], bool]) -> None:
+    """Run the loop until ``done()``; the virtual clock makes each turn instant.
+
+    Turns are bounded in real time too: file writes finish in a worker thread.
+    """
     task = asyncio.create_task(refresher.run())
-    for _ in range(limit):
-        if done():
-            break
+    deadline = time.monotonic() + 30
+    while not done() and time.monotonic() < deadline:  # noqa: ASYNC110 - a clock turn
         await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

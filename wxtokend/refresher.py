@@ -115,6 +115,44 @@ class Refresher:
     """Keeps one app's token files fresh."""
 
     kind = TOKEN  # what this loop keeps: the token here, a ticket in TicketRefresher
+    # Slots: one of these per app and ticket, and 10,000 instance dicts weighed ~15 MB.
+    __slots__ = (
+        "_clock",
+        "_closed",
+        "_files",
+        "_fleet",
+        "_fleet_held",
+        "_fleet_version",
+        "_flights",
+        "_forces",
+        "_last_passive",
+        "_lock",
+        "_log",
+        "_metrics",
+        "_on_written",
+        "_passive_daily_limit",
+        "_passive_min_interval",
+        "_passive_today",
+        "_plan",
+        "_planned",
+        "_policy",
+        "_rng",
+        "_semaphore",
+        "_source",
+        "_store",
+        "_unpublished",
+        "_unsaved",
+        "_wake",
+        "_wake_due",
+        "app",
+        "busy_since",
+        "failures",
+        "last_error",
+        "next_at",
+        "record",
+        "write_error",
+        "write_failures",
+    )
 
     def __init__(
         self,
@@ -152,6 +190,7 @@ class Refresher:
         self._plan = 0  # counts fetches: a loop whose plan is outdated must not fetch
         self._on_written = on_written
         self._lock = asyncio.Lock()
+        self._files = asyncio.Lock()  # one file write at a time, in order
         self._wake = asyncio.Event()
         self._log = get_logger(
             app=app.name, appid=app.appid, grant=app.grant, **self._log_context()
@@ -283,7 +322,7 @@ class Refresher:
         if record.interrupted() or refetch:
             # Interrupted: WeChat may have issued a newer token, killing this one soon.
             self.next_at = self._planned = now
-        self._save(record)  # repairs a bare file left behind by a crash; no-op otherwise
+        self._save_now(record)  # repairs a bare file left behind by a crash; no-op otherwise
         REDACTOR.register(f"{self.kind}:{self.app.name}", record.access_token, label="<token>")
         self._metrics.refresh(self.app.name, self.credential, "reused", None)
         self._metrics.token(self.app.name, expires_at=record.expires_at, kind=self.kind)
@@ -309,7 +348,7 @@ class Refresher:
     async def step(self, plan: int | None = None) -> None:
         """Whatever is due now: retry a failed file write, or refresh."""
         if self._unsaved and self.record is not None:
-            self._write(self.record)
+            await self._write(self.record)
             return
         async with self._lock:
             # A passive refresh may have run while this waited for the lock; it
@@ -349,13 +388,13 @@ class Refresher:
         try:
             token, outcome = await self._obtain(force=force, stale=stale)
         except FetchError as error:
-            self._failed(error)
+            await self._failed(error)
             return False
         finally:
             self.busy_since = None
             self._plan += 1
             self._wake.set()  # the schedule changed: a sleeping loop re-plans
-        self._succeeded(token, outcome)
+        await self._succeeded(token, outcome)
         return True
 
     # -- fleet mode ------------------------------------------------------------
@@ -372,7 +411,7 @@ class Refresher:
         """A new token: from the fleet's shared record if a newer one is there, else fetched."""
         fleet = self._fleet
         if fleet is None:
-            self._mark_refreshing()
+            await self._mark_refreshing()
             return await self._upstream(force=force), "ok"
         try:
             return await self._obtain_in_fleet(fleet, force=force, stale=stale)
@@ -382,7 +421,7 @@ class Refresher:
             ):
                 # Stable normal mode (and WeCom) cannot invalidate anyone's token.
                 self._log.warning("Redis unreachable: fetching directly", error=str(exc))
-                self._mark_refreshing()
+                await self._mark_refreshing()
                 return await self._upstream(force=force), "ok"
             raise TransientError(
                 f"Redis unreachable, and this instance may not fetch alone: {exc}",
@@ -419,7 +458,7 @@ class Refresher:
 
     async def _fetch_and_publish(self, fleet: Fleet, key: str, *, force: bool) -> tuple[Token, str]:
         version = await fleet.next_version(key)  # before the fetch: older fetches lose
-        self._mark_refreshing()
+        await self._mark_refreshing()
         token = await self._upstream(force=force)
         record = Shared(
             token=token.access_token,
@@ -499,7 +538,7 @@ class Refresher:
                 return False
             assert shared is not None
             token, outcome = self._adopted(shared)
-            self._succeeded(token, outcome)
+            await self._succeeded(token, outcome)
             self._plan += 1
             self._wake.set()
             return True
@@ -671,7 +710,7 @@ class Refresher:
 
     # -- outcomes ------------------------------------------------------------
 
-    def _succeeded(self, token: Token, outcome: str = "ok") -> None:
+    async def _succeeded(self, token: Token, outcome: str = "ok") -> None:
         now = self._clock.now()
         self.failures, self.last_error = 0, None
         self._metrics.failures(self.app.name, 0, kind=self.kind)
@@ -705,13 +744,13 @@ class Refresher:
         self._planned = self._refresh_point(
             record, now, fetched_at=token.fetched_at, expires_at=token.expires_at
         )
-        saved = self._write(record)
+        saved = await self._write(record)
         self._metrics.token(
             self.app.name, expires_at=record.expires_at, fetched=now, kind=self.kind
         )
         self._log_refresh(outcome if saved else "unsaved", token, now)
 
-    def _failed(self, error: FetchError) -> None:
+    async def _failed(self, error: FetchError) -> None:
         now = self._clock.now()
         self.failures += 1
         self.last_error = error
@@ -742,7 +781,7 @@ class Refresher:
             next_refresh=iso(self.next_at),
             token_valid_for=int(valid_until - now) if valid_until else 0,
         )
-        self._mark_if_expired()
+        await self._mark_if_expired()
 
     def _log_refresh(self, outcome: str, token: Token, now: float) -> None:
         self._metrics.refresh(self.app.name, self.credential, outcome, 0)
@@ -758,9 +797,9 @@ class Refresher:
 
     # -- files ---------------------------------------------------------------
 
-    def _write(self, record: Record) -> bool:
+    async def _write(self, record: Record) -> bool:
         """Save, or keep the token in memory and retry the write soon (never refetch for it)."""
-        if self._save(record):
+        if await self._save(record):
             self._unsaved = False
             self.write_failures = 0
             self.write_error = None
@@ -775,33 +814,50 @@ class Refresher:
         )
         return False
 
-    def _save(self, record: Record) -> bool:
-        if self._closed:
-            return True  # removed or replaced by a reload: its files are not ours any more
+    async def _save(self, record: Record) -> bool:
+        """Write in a worker thread: fsync waits on the disk, and the loop serves on meanwhile.
+
+        Writes of one app queue on ``_files`` in the order they were asked for (the lock
+        is fair), so the newest record is always the one left on disk.
+        """
+        async with self._files:
+            if self._closed:
+                return True  # removed or replaced by a reload: its files are not ours any more
+            try:
+                await _in_thread(self._store.save, record)
+            except OSError as exc:
+                return self._write_failed(exc)
+        return True
+
+    def _save_now(self, record: Record) -> bool:
+        """The same, in the caller's thread: at start, before the loops run."""
         try:
             self._store.save(record)
         except OSError as exc:
-            where = exc.filename or self._store.directory
-            self.write_error = f"cannot write token files: {exc.strerror} ({where})"
-            self._metrics.write_error()
-            self._log.error("write failed", error=self.write_error, fix=_WRITE_HINT)
-            return False
+            return self._write_failed(exc)
         return True
 
-    def _mark_refreshing(self) -> None:
+    def _write_failed(self, exc: OSError) -> bool:
+        where = exc.filename or self._store.directory
+        self.write_error = f"cannot write token files: {exc.strerror} ({where})"
+        self._metrics.write_error()
+        self._log.error("write failed", error=self.write_error, fix=_WRITE_HINT)
+        return False
+
+    async def _mark_refreshing(self) -> None:
         """Before a classic fetch, note it in the JSON: it will invalidate the current token."""
         record = self.record
         if self.schedule_grant == "classic" and record is not None and not self._unsaved:
-            self._save(record.refreshing(self._clock.now()))
+            await self._save(record.refreshing(self._clock.now()))
 
-    def _mark_if_expired(self, *, force: bool = False) -> None:
+    async def _mark_if_expired(self, *, force: bool = False) -> None:
         record = self.record
         if record is None or record.expired:
             return
         if not force and self._clock.now() < record.expires_at:
             return
         self.record = record.as_expired()
-        self._save(self.record)
+        await self._save(self.record)
         error = self.last_error
         self._log.error(
             "token expired without a replacement; its file stays, marked expired in the JSON",
@@ -834,7 +890,7 @@ class Refresher:
             if not await self._nap(record.expires_at - now):
                 return False
             if self.record is record:
-                self._mark_if_expired(force=True)
+                await self._mark_if_expired(force=True)
             now = record.expires_at
         return await self._nap(at - now)
 
@@ -843,18 +899,11 @@ class Refresher:
         if seconds <= 0:
             return not self._wake.is_set()
         self._wake_due = self._clock.monotonic() + seconds
-        sleep = asyncio.ensure_future(self._clock.sleep(seconds))
-        woken = asyncio.ensure_future(self._wake.wait())
         try:
-            done, _ = await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+            woken = await self._clock.wait(self._wake, seconds)
         finally:
-            for task in (sleep, woken):
-                task.cancel()
-            # gather, not suppress(CancelledError): a cancellation aimed at *this* task
-            # while it cleans up must propagate, or the loop could never be stopped.
-            await asyncio.gather(sleep, woken, return_exceptions=True)
-        self._wake_due = None
-        return sleep in done and woken not in done
+            self._wake_due = None
+        return not woken
 
     def _refresh_point(
         self,
@@ -897,6 +946,8 @@ class TicketRefresher(Refresher):
     token's compare-and-refresh, then asks once more: one token refresh per dead
     token, never a loop.
     """
+
+    __slots__ = ("_refusing", "_tickets", "_tokens", "kind", "ticket")
 
     def __init__(
         self,
@@ -980,6 +1031,17 @@ class TicketRefresher(Refresher):
                     result=answer.result,
                 )
         raise AssertionError("unreachable")
+
+
+async def _in_thread(work: Callable[[Record], object], record: Record) -> None:
+    """``work(record)`` in the default executor. If the caller is cancelled meanwhile, the
+    thread still finishes before the cancellation goes on, so no later write overlaps it."""
+    future = asyncio.get_running_loop().run_in_executor(None, work, record)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        raise
 
 
 def _token_of(shared: Shared) -> Token:
