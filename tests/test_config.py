@@ -77,6 +77,7 @@ class TestValidConfig:
         assert config.max_concurrency == 16
         assert config.stable_renew_window == 300.0
         assert config.request_timeout == 10.0
+        assert (config.retry_min, config.retry_max) == (1.0, 60.0)
         assert config.warnings == ()
         (app,) = config.apps
         assert (app.appid, app.name, app.grant) == (APPID, APPID, "stable")
@@ -279,6 +280,31 @@ class TestDurations:
         """stable_renew_window and request_timeout accept the same duration forms."""
         config = load(tmp_path, f"{key}: {text}\n{MINIMAL}")
         assert getattr(config, key) == seconds
+
+
+class TestRetry:
+    """The backoff block: read as durations, and its bounds checked together."""
+
+    def test_retry_block_is_read(self, tmp_path: Path) -> None:
+        """retry.min and retry.max accept durations."""
+        config = load(tmp_path, f"retry:\n  min: 50ms\n  max: 2s\n{MINIMAL}")
+        assert (config.retry_min, config.retry_max) == (0.05, 2.0)
+
+    def test_max_below_min_names_both(self, tmp_path: Path) -> None:
+        """retry.max shorter than retry.min is refused at retry.max, with the fix."""
+        path = write_config(tmp_path, f"retry:\n  min: 5s\n  max: 2s\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem == (
+            f"{path}:3: retry.max: 2 s is shorter than retry.min (5 s)"
+            " — make retry.max at least retry.min"
+        )
+
+    def test_retry_min_has_a_floor(self, tmp_path: Path) -> None:
+        """A retry.min of a millisecond would hammer WeChat: refused, with an example."""
+        path = write_config(tmp_path, f"retry:\n  min: 1ms\n{MINIMAL}")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:2: retry.min: ")
+        assert problem.endswith("— use e.g. 1 or '1s'")
 
 
 class TestFileModeAndGroup:

@@ -164,6 +164,25 @@ class _AppModel(BaseModel):
         return _check_http_url(value)
 
 
+class _RetryModel(BaseModel):
+    """How long to wait between attempts after a transient failure (5xx, -1, timeouts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: Duration = Field(
+        1.0,
+        ge=0.01,
+        le=600,
+        description="Shortest wait before a retry (and the first backoff step).",
+    )
+    max: Duration = Field(
+        60.0,
+        ge=0.01,
+        le=3600,
+        description="Longest wait between retries; never past the current token's expiry.",
+    )
+
+
 class _AdminModel(BaseModel):
     """The admin HTTP listener: health, metrics, status, passive refresh, SDK endpoints."""
 
@@ -275,6 +294,11 @@ class _ConfigModel(BaseModel):
     request_timeout: Duration = Field(
         10.0, ge=0.1, le=300, description="Timeout of one whole WeChat call."
     )
+    retry: _RetryModel = Field(
+        default_factory=lambda: _RetryModel.model_validate({}),
+        description="Backoff after transient failures. Defaults suit WeChat; lower them only"
+        " for compressed-time tests against the emulator.",
+    )
     admin: _AdminModel = Field(default_factory=lambda: _AdminModel.model_validate({}))
     fleet: _FleetModel | None = Field(None, description="Fleet mode through Redis.")
     apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
@@ -309,6 +333,8 @@ _FIXES = {
     "proxy": "use e.g. http://egress.internal:3128",
     "stable_renew_window": "use e.g. 300 or '5m'",
     "request_timeout": "use e.g. 10 or '10s'",
+    "min": "use e.g. 1 or '1s'",
+    "max": "use e.g. 60 or '1m'",
     "secret_env": "name the variable (e.g. WX_SHOP_SECRET), not its value",
     "listen": "use e.g. 127.0.0.1:9735 or unix:/run/wxtoken/admin.sock",
     "redis": "use e.g. redis://:password@redis.internal:6379/0",
@@ -375,6 +401,8 @@ class Config:
     stable_renew_window: float
     request_timeout: float
     apps: tuple[AppConfig, ...]
+    retry_min: float = 1.0
+    retry_max: float = 60.0
     admin: AdminConfig = field(default_factory=AdminConfig)
     fleet: FleetSettings | None = None
     warnings: tuple[str, ...] = ()
@@ -571,6 +599,7 @@ class _Resolver:
         self._duplicates(apps)
         gid = self._group()
         fleet = self._fleet()
+        self._retry()
         self._inline_secret_warning()
         if self.problems:
             raise ConfigError(self.problems)
@@ -585,6 +614,8 @@ class _Resolver:
             stable_renew_window=self.model.stable_renew_window,
             request_timeout=self.model.request_timeout,
             apps=tuple(a for a in apps if a is not None),
+            retry_min=self.model.retry.min,
+            retry_max=self.model.retry.max,
             admin=self._admin(),
             fleet=fleet,
             warnings=tuple(self.warnings),
@@ -627,6 +658,15 @@ class _Resolver:
             )
             return None
         return url
+
+    def _retry(self) -> None:
+        retry = self.model.retry
+        if retry.max < retry.min:
+            self._fail(
+                "retry.max",
+                f"{retry.max:g} s is shorter than retry.min ({retry.min:g} s)",
+                "make retry.max at least retry.min",
+            )
 
     def _admin(self) -> AdminConfig:
         admin = self.model.admin

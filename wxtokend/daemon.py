@@ -86,7 +86,7 @@ class Daemon:
                 REDACTOR.register("fleet:password", password, label="<redis password>")
                 REDACTOR.register("fleet:password:raw", unquote(password), label="<redis password>")
         self._fleet_keys: dict[str, Refresher] = {}
-        self._policy = Policy(stable_window=config.stable_renew_window)
+        self._policy = _policy(config)
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._log = get_logger()
         self.refreshers: dict[str, Refresher] = {}  # each app's token, by app name
@@ -522,7 +522,7 @@ class Daemon:
         if kept:
             self._log.warning("these settings need a restart to change", keys=kept)
         self.store.file_mode, self.store.gid = new.file_mode, new.file_gid
-        self._policy = Policy(stable_window=new.stable_renew_window)
+        self._policy = _policy(new)
         self.config = _with_runtime_settings(new, old)
         old_apps = {a.name: a for a in old.apps}
         new_apps = {a.name: a for a in new.apps}
@@ -565,6 +565,15 @@ class Daemon:
             "refetched": changed,
             "tickets": tickets_changed,
         }
+
+
+def _policy(config: Config) -> Policy:
+    return Policy(
+        stable_window=config.stable_renew_window,
+        min_delay=config.retry_min,
+        backoff_base=config.retry_min,
+        backoff_cap=config.retry_max,
+    )
 
 
 def _ready(loop: Refresher) -> bool:
