@@ -772,8 +772,8 @@ class TestFaults:
         assert hits.count(None) == 1000 - hits.count(Fault(kind))
 
     def test_fractions_add_up(self, clock: FakeClock) -> None:
-        """Several faults at 0.2 each all fire about a fifth of the time."""
-        faults = Faults(http_5xx=0.2, busy=0.2, garbage=0.2, slow=0.2)
+        """Every fault at 0.2 fires about a fifth of the time."""
+        faults = Faults(http_5xx=0.2, busy=0.2, garbage=0.2, slow=0.2, hang=0.2)
         state = make_state(clock, faults=faults)
         hits = [state.admit("stable_token", APPID) for _ in range(1000)]
         for fault in Fault:
@@ -1297,6 +1297,22 @@ class TestHttp:
             slow = await client.get("/cgi-bin/token", params=params)
             assert time.monotonic() - started >= 0.05
             token_of(slow.json())
+
+    async def test_hang_issues_at_once_and_holds_the_reply(self) -> None:
+        """hang processes the call at once (classic: the caller's token is replaced and dies
+        after the grace) but holds the reply past the client's timeout: a lost reply."""
+        apps = (EmulatedApp(appid=APPID, secret=SECRET),)
+        async with serving(EmulatorConfig(apps=apps, grace=0)) as (emulator, client):
+            first = token_of((await client.get("/cgi-bin/token", params=CLASSIC)).json())
+            emulator.state.set_faults(APPID, Faults(hang=1.0, hang_seconds=0.5))
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get("/cgi-bin/token", params=CLASSIC, timeout=0.2)
+            assert emulator.state.stats()[APPID]["token"] == 2
+            assert emulator.state.check_token(first)["errcode"] == 40001
+            emulator.state.set_faults(APPID, None)
+            started = time.monotonic()
+            token_of((await client.get("/cgi-bin/token", params=CLASSIC)).json())
+            assert time.monotonic() - started < 0.2  # only hit calls are held
 
     async def test_stats_and_reset(self) -> None:
         """/emulator/stats reports every counter per app; reset-stats zeroes them."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import ipaddress
 import json
@@ -89,6 +90,29 @@ __all__ = [
 
 Grant = Literal["classic", "stable"]
 Reply = dict[str, object]
+# Set by a "hang" fault while a call is handled: how long to hold its finished reply.
+_HOLD: contextvars.ContextVar[float] = contextvars.ContextVar("hold", default=0.0)
+
+
+def _held(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """The handler, its reply held back if a hang fault hit the call (after it took effect)."""
+
+    async def handle(request: Request) -> Response:
+        hold = _HOLD.set(0.0)
+        try:
+            response = await handler(request)
+            seconds = _HOLD.get()
+        finally:
+            _HOLD.reset(hold)
+        if seconds:
+            await asyncio.sleep(seconds)
+        return response
+
+    return handle
+
+
 # The endpoints whose calls are counted and may be hijacked by a fault.
 _Endpoint = Literal[
     "token", "stable_token", "gettoken", "getticket", "get_jsapi_ticket", "ticket_get"
@@ -149,12 +173,17 @@ class Faults:
     garbage: float = 0.0
     slow: float = 0.0
     slow_seconds: float = 3.0
+    # Processed (and issued) at once, but the reply is held: a reply lost or late on its
+    # way back. The caller times out; for classic the token it holds is now replaced.
+    hang: float = 0.0
+    hang_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("http_5xx", "busy", "garbage", "slow"):
+        for name in ("http_5xx", "busy", "garbage", "slow", "hang"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"{name} must be between 0 and 1, got {value}")
         _require(self.slow_seconds >= 0, f"slow_seconds must be >= 0, got {self.slow_seconds}")
+        _require(self.hang_seconds >= 0, f"hang_seconds must be >= 0, got {self.hang_seconds}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +275,7 @@ class Fault(Enum):
     BUSY = "busy"
     GARBAGE = "garbage"
     SLOW = "slow"
+    HANG = "hang"
 
 
 # --------------------------------------------------------------------------- state
@@ -500,6 +530,7 @@ class WeChatState:
             (Fault.BUSY, faults.busy),
             (Fault.GARBAGE, faults.garbage),
             (Fault.SLOW, faults.slow),
+            (Fault.HANG, faults.hang),
         )
         if not any(fraction for _, fraction in bands):
             return None
@@ -876,13 +907,13 @@ class Emulator:
         self.state = WeChatState(config, clock=clock)
         self.app = Starlette(
             routes=[
-                Route("/cgi-bin/token", self._token, methods=["GET", "POST"]),
-                Route("/cgi-bin/stable_token", self._stable_token, methods=["GET", "POST"]),
-                Route("/cgi-bin/gettoken", self._gettoken, methods=["GET"]),
+                Route("/cgi-bin/token", _held(self._token), methods=["GET", "POST"]),
+                Route("/cgi-bin/stable_token", _held(self._stable_token), methods=["GET", "POST"]),
+                Route("/cgi-bin/gettoken", _held(self._gettoken), methods=["GET"]),
                 Route("/cgi-bin/getcallbackip", self._getcallbackip, methods=["GET"]),
-                Route("/cgi-bin/ticket/getticket", self._getticket, methods=["GET"]),
-                Route("/cgi-bin/get_jsapi_ticket", self._get_jsapi_ticket, methods=["GET"]),
-                Route("/cgi-bin/ticket/get", self._ticket_get, methods=["GET"]),
+                Route("/cgi-bin/ticket/getticket", _held(self._getticket), methods=["GET"]),
+                Route("/cgi-bin/get_jsapi_ticket", _held(self._get_jsapi_ticket), methods=["GET"]),
+                Route("/cgi-bin/ticket/get", _held(self._ticket_get), methods=["GET"]),
                 Route("/emulator/stats", self._stats, methods=["GET"]),
                 Route("/emulator/check-ticket", self._check_ticket, methods=["GET"]),
                 Route("/emulator/reset-stats", _control(self._reset_stats), methods=["POST"]),
@@ -1006,6 +1037,8 @@ class Emulator:
             return Response(self.state.garbage_body(), media_type="application/json")
         if fault is Fault.SLOW:
             await asyncio.sleep(self.state.faults_for(appid, secret).slow_seconds)
+        if fault is Fault.HANG:
+            _HOLD.set(self.state.faults_for(appid, secret).hang_seconds)
         return None
 
     async def _getcallbackip(self, request: Request) -> Response:
