@@ -188,56 +188,58 @@ async def _measure(
 def baselines(
     work: Path,
     *,
+    pattern: str,
     lifetimes: int,
     apps: int = 5,
     workers: int = 4,
     lifetime: int = 10,
     uses_per_second: float = 5.0,
 ) -> list[Figure]:
-    """Upstream calls (and 40001s) per app per lifetime for fetch-per-use and N-worker caches."""
+    """Upstream calls (and, for the caches, 40001s) per app per lifetime for ``pattern``:
+    "fetch-per-use" or "ttl-cache" (``workers`` caches per app)."""
     group = _baseline_apps(apps)
-    emu = EmulatorProcess(
-        work / "baselines-emu", group, lifetime=lifetime, grace=3, daily_quota=10**9
-    )
+    emu = EmulatorProcess(work / "emu", group, lifetime=lifetime, grace=3, daily_quota=10**9)
     margin = max(1.0, 0.2 * lifetime)
-    common: dict[str, Any] = {
-        "workers": workers,
-        "rate": uses_per_second,
-        "margin": margin,
-        "warmup": lifetime / 2,
-        "duration": float(lifetime * lifetimes),
-    }
     try:
-        fpu_calls, fpu_elapsed, fpu = asyncio.run(
-            _measure(emu.base_url, group, pattern="fetch-per-use", **common)
-        )
-        ttl_calls, ttl_elapsed, ttl = asyncio.run(
-            _measure(emu.base_url, group, pattern="ttl-cache", **common)
+        calls, elapsed, tally = asyncio.run(
+            _measure(
+                emu.base_url,
+                group,
+                pattern=pattern,
+                workers=workers,
+                rate=uses_per_second,
+                margin=margin,
+                warmup=lifetime / 2,
+                duration=float(lifetime * lifetimes),
+            )
         )
     finally:
         emu.close()
-    fpu_lifetimes, ttl_lifetimes = fpu_elapsed / lifetime, ttl_elapsed / lifetime
+    spans = elapsed / lifetime
     setting = f"{apps} apps, {uses_per_second:g} uses/s each"
+    if pattern == "fetch-per-use":
+        return [
+            Figure(
+                "fetch-per-use: upstream calls per app per lifetime",
+                f"{calls / spans:.2f}",
+                "wxtokend: {classic}",
+                f"{setting}, {spans:.1f} lifetimes of {lifetime} s;"
+                f" {tally.uses} uses, {tally.failed_uses} failed",
+            )
+        ]
     return [
         Figure(
-            "fetch-per-use: upstream calls per app per lifetime",
-            f"{fpu_calls / fpu_lifetimes:.2f}",
-            "wxtokend: 1.25 (classic)",
-            f"{setting}, {fpu_lifetimes:.1f} lifetimes of {lifetime} s;"
-            f" {fpu.uses} uses, {fpu.failed_uses} failed",
-        ),
-        Figure(
             f"TTL cache in {workers} workers: upstream calls per app per lifetime",
-            f"{ttl_calls / ttl_lifetimes:.2f}",
-            "wxtokend: 1.25 (classic)",
+            f"{calls / spans:.2f}",
+            "wxtokend: {classic}",
             f"{setting} split over {workers} workers, refresh {margin:g} s early,"
-            f" grace 3 s; {ttl_lifetimes:.1f} lifetimes of {lifetime} s",
+            f" grace 3 s; {spans:.1f} lifetimes of {lifetime} s",
         ),
         Figure(
             f"TTL cache in {workers} workers: 40001/42001 rejections seen per app per lifetime",
-            f"{ttl.rejections / apps / ttl_lifetimes:.2f}",
-            "wxtokend's consumers: 0",
-            f"{ttl.rejections} rejections in {ttl.uses} uses;"
-            f" {ttl.failed_uses} uses still failed after one refetch and retry",
+            f"{tally.rejections / apps / spans:.2f}",
+            "wxtokend's consumers: {rejections}",
+            f"{tally.rejections} rejections in {tally.uses} uses;"
+            f" {tally.failed_uses} uses still failed after one refetch and retry",
         ),
     ]
