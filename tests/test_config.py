@@ -290,6 +290,16 @@ class TestRetry:
         config = load(tmp_path, f"retry:\n  min: 50ms\n  max: 2s\n{MINIMAL}")
         assert (config.retry_min, config.retry_max) == (0.05, 2.0)
 
+    def test_sub_second_retry_min_warns(self, tmp_path: Path) -> None:
+        """retry.min under 1 s loads, with a warning that it is meant for the emulator."""
+        path = write_config(tmp_path, f"retry:\n  min: 50ms\n{MINIMAL}")
+        config = load_config(path, environ={})
+        (warning,) = config.warnings
+        assert warning.startswith(f"{path}:2: retry.min: 0.05 s is meant for compressed-time")
+        assert warning.endswith(
+            "— against WeChat keep it at 1 s or more: each failure costs a call"
+        )
+
     def test_max_below_min_names_both(self, tmp_path: Path) -> None:
         """retry.max shorter than retry.min is refused at retry.max, with the fix."""
         path = write_config(tmp_path, f"retry:\n  min: 5s\n  max: 2s\n{MINIMAL}")

@@ -135,6 +135,28 @@ class TestDaemonNotifies:
         reloading = next(m for m in listener.messages if m.startswith("RELOADING=1"))
         assert "MONOTONIC_USEC=" in reloading
 
+    def test_fixed_secret_makes_ready_at_once(
+        self, listener: Listener, emulator: EmulatorFactory, daemon: DaemonFactory
+    ) -> None:
+        """An app failing at start, fixed by a reload before start_timeout: READY follows its
+        token, the replaced loop is not waited for."""
+        good = TestApp(appid="wx00000000000000b3", secret="e" * 32, name="good")
+        bad = TestApp(
+            appid="wx00000000000000b4", secret="f" * 32, name="bad", daemon_secret="0" * 32
+        )
+        emu = emulator([good, bad], lifetime=120)
+        admin = {"listen": "127.0.0.1:0", "start_timeout": 60}
+        d = daemon([good, bad], emu.base_url, admin=admin)
+        d.start(env={"NOTIFY_SOCKET": listener.address})
+        d.wait_for_tokens(["good"])
+        fixed = TestApp(appid=bad.appid, secret=bad.secret, name="bad")
+        started = time.monotonic()
+        d.configure([good, fixed], admin=admin)
+        wait_for(lambda: "READY=1" in listener.lines(), timeout=20, what="READY=1")
+        assert time.monotonic() - started < 20  # not start_timeout (60 s)
+        ready = next(m for m in listener.messages if m.startswith("READY=1"))
+        assert "2 apps, all tokens valid" in ready
+
     def test_ready_after_start_timeout_names_missing(
         self, listener: Listener, emulator: EmulatorFactory, daemon: DaemonFactory
     ) -> None:

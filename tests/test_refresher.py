@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from fakes import T0, ScriptedWeChat, VirtualClock
 
 from wxtokend import logs
+from wxtokend.clock import SystemClock
 from wxtokend.config import AppConfig, Grant
 from wxtokend.errors import FatalConfigError, TransientError
 from wxtokend.redact import Secret, fingerprint
@@ -375,6 +377,102 @@ class TestConcurrency:
         await asyncio.gather(*tasks)
         assert wechat.max_in_flight == 3
         assert len(wechat.calls) == 20
+
+
+@pytest.mark.anyio
+class TestWritesOffTheLoop:
+    """File writes run in a thread; the schedule and readiness still follow them exactly."""
+
+    async def test_passive_refresh_replans_the_sleeping_loop(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """After a passive refresh the loop sleeps to the new token's refresh point, not the
+        old one (a fetch at the old one would kill the token just issued)."""
+        clock = SystemClock()  # real time: the loop must sleep while the report arrives
+        wechat = ScriptedWeChat(clock, lifetime=4)  # type: ignore[arg-type]
+        refresher, _ = make_refresher(tmp_path, clock, wechat)  # type: ignore[arg-type]
+        task = asyncio.create_task(refresher.run())
+        try:
+            start = clock.now()
+            while not wechat.calls:  # noqa: ASYNC110 - real time, a few ms
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)
+            assert refresher.record is not None
+            answer = await refresher.report_rejected(token=refresher.record.access_token)
+            assert answer.result == "refreshed"
+            # The old refresh point was 3.0-3.4 s after the start, the new one is >= 3.5 s.
+            await asyncio.sleep(max(0.0, start + 3.45 - clock.now()))
+            assert len(wechat.calls) == 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def test_ready_only_once_written(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """A fetched token counts as on disk only after its files are written."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        gate = threading.Event()
+        real_save = store.save
+
+        def slow_save(record: Record) -> bool:
+            gate.wait(5)
+            return real_save(record)
+
+        store.save = slow_save  # type: ignore[method-assign]
+        fetch = asyncio.create_task(refresher.refresh())
+        while refresher.record is None:  # noqa: ASYNC110 - until the fetch is back
+            await asyncio.sleep(0.001)
+        assert refresher.has_valid_token()
+        assert not refresher.on_disk()
+        gate.set()
+        assert await fetch
+        assert refresher.on_disk()
+
+    async def test_cancelled_twice_still_waits_for_the_write(
+        self, tmp_path: Path, log_stream: io.StringIO
+    ) -> None:
+        """Cancelling a writer (even twice) returns only after its thread has finished."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        gate, finished = threading.Event(), threading.Event()
+        real_save = store.save
+
+        def slow_save(record: Record) -> bool:
+            gate.wait(5)
+            result = real_save(record)
+            finished.set()
+            return result
+
+        store.save = slow_save  # type: ignore[method-assign]
+        fetch = asyncio.create_task(refresher.refresh())
+        while refresher.record is None:  # noqa: ASYNC110 - until the write has started
+            await asyncio.sleep(0.001)
+        for _ in range(2):
+            fetch.cancel()
+            await asyncio.sleep(0.01)
+        assert not fetch.done()  # still waiting for the thread
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await fetch
+        assert finished.is_set()
+
+    async def test_a_hanging_write_is_stuck(self, tmp_path: Path, log_stream: io.StringIO) -> None:
+        """A file write that hangs (a stalled disk) is reported by stuck(), for /healthz."""
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        gate = threading.Event()
+        store.save = lambda record: gate.wait(5)  # type: ignore[method-assign, assignment, return-value]
+        fetch = asyncio.create_task(refresher.refresh())
+        while refresher.writing_since is None:  # noqa: ASYNC110 - until the write has started
+            await asyncio.sleep(0.001)
+        assert refresher.stuck(fetch_limit=10) is None
+        clock.t += 100
+        assert refresher.stuck(fetch_limit=10) == "a file write has been running for 100 s"
+        gate.set()
+        await fetch
 
 
 class SteppingClock(VirtualClock):

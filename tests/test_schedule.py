@@ -235,6 +235,30 @@ class TestRetryAfterErrors:
         )
         assert at - T0 == 1.0
 
+    def test_retry_min_lowers_only_transient_retries(self) -> None:
+        """A low backoff floor (config retry.min) speeds up transient retries only: polling
+        for an unchanged stable or WeCom token and minute-quota waits keep their 1 s floor."""
+        policy = Policy(backoff_floor=0.05, backoff_base=0.05, backoff_cap=0.3)
+        transient = retry_at(
+            now=T0, error=TransientError("x"), attempt=1, rng=LOW, policy=policy, expires_at=None
+        )
+        assert transient - T0 == pytest.approx(0.05)
+        late = T0 + 7200 - 1.5
+        for grant in ("stable", "wecom"):
+            at = unchanged_retry_at(
+                now=late,
+                fetched_at=T0,
+                expires_at=T0 + 7200,
+                rng=LOW,
+                policy=policy,
+                grant=grant,  # type: ignore[arg-type]
+            )
+            assert at - late >= 1.0
+        minute = retry_at(
+            now=T0, error=MinuteQuotaError("x"), attempt=1, rng=LOW, policy=policy, expires_at=None
+        )
+        assert minute - next_minute(T0) >= 1.0
+
     def test_never_tighter_than_one_second(self) -> None:
         """No error and no draw ever schedules a retry less than a second away."""
         errors = [TransientError("x"), UnknownErrcodeError("x"), MalformedResponse("x")]

@@ -9,10 +9,11 @@ import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import httpx
 import pytest
 
-from wxtokend.transport import AiohttpTransport
+from wxtokend.transport import AiohttpTransport, _translated
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 SECRET = "s3cr3t0123456789abcdef0123456789"
@@ -196,3 +197,34 @@ class TestFailures:
 
         async with server(hang_up) as (base, _):
             await self.check(base, httpx.TransportError)
+
+
+class TestErrorTexts:
+    """aiohttp texts that quote the URL are replaced: the query holds the AppSecret."""
+
+    @pytest.mark.parametrize(
+        ("exc", "expected"),
+        [
+            (
+                aiohttp.ConnectionTimeoutError(f"Connection timeout to host {SECRET}"),
+                httpx.ConnectTimeout,
+            ),
+            (
+                aiohttp.SocketTimeoutError(f"Timeout on reading data from {SECRET}"),
+                httpx.ReadTimeout,
+            ),
+            (aiohttp.InvalidURL(f"http://x/?secret={SECRET}"), httpx.NetworkError),
+        ],
+    )
+    def test_no_url_in_text(self, exc: Exception, expected: type[Exception]) -> None:
+        """The translated error has the right type and no trace of the URL."""
+        translated = _translated(exc)
+        assert isinstance(translated, expected)
+        assert SECRET not in str(translated)
+
+    async def test_closed_transport_refuses(self) -> None:
+        """After aclose() a late request fails cleanly instead of opening a new session."""
+        transport = AiohttpTransport(max_connections=1)
+        await transport.aclose()
+        with pytest.raises(httpx.NetworkError):
+            await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:9/"))

@@ -661,6 +661,14 @@ class _Resolver:
 
     def _retry(self) -> None:
         retry = self.model.retry
+        if retry.min < 1:
+            self.warnings.append(
+                self.loader.problem(
+                    "retry.min",
+                    f"{retry.min:g} s is meant for compressed-time tests against the emulator",
+                    "against WeChat keep it at 1 s or more: each failure costs a call",
+                )
+            )
         if retry.max < retry.min:
             self._fail(
                 "retry.max",

@@ -92,6 +92,7 @@ class Daemon:
         self.refreshers: dict[str, Refresher] = {}  # each app's token, by app name
         self.tickets: dict[str, dict[str, TicketRefresher]] = {}  # its tickets, by type
         self._loops: dict[str, Refresher] = {}  # every loop: "shop", "shop/jsapi", ...
+        self._reloads = 0  # applied reloads: the READY wait re-reads the loops when it moves
         self._by_appid: dict[str, Refresher] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_requested = asyncio.Event()
@@ -449,8 +450,13 @@ class Daemon:
         """Until every app has a token, woken by each token written, or until ``deadline``."""
         # Only the loops still waiting are checked again, and cheaply: at 10,000 apps a
         # full readiness() report per written token cost more than the fetches.
-        waiting = [loop for name in self.refreshers for loop in self._loops_of(name)]
-        while waiting := [loop for loop in waiting if not _ready(loop)]:
+        seen = -1
+        waiting: list[Refresher] = []
+        while True:
+            if seen != self._reloads:  # apps added or replaced: wait for the current loops
+                seen, waiting = self._reloads, list(self._loops.values())
+            if not (waiting := [loop for loop in waiting if not _ready(loop)]):
+                return
             left = deadline - self.clock.now()
             if left <= 0:
                 return
@@ -508,6 +514,8 @@ class Daemon:
         for warning in new.warnings:
             self._log.warning("config", problem=warning)
         changes = await self._apply(new)
+        self._reloads += 1
+        self._written.set()  # a READY wait in progress looks at the new set of loops
         self._fingerprint = new_fingerprint
         if watcher is not None:
             self._watch(watcher, new)
@@ -570,7 +578,7 @@ class Daemon:
 def _policy(config: Config) -> Policy:
     return Policy(
         stable_window=config.stable_renew_window,
-        min_delay=config.retry_min,
+        backoff_floor=config.retry_min,
         backoff_base=config.retry_min,
         backoff_cap=config.retry_max,
     )
@@ -578,7 +586,7 @@ def _policy(config: Config) -> Policy:
 
 def _ready(loop: Refresher) -> bool:
     """A valid token (or ticket) that is also on disk."""
-    return loop.has_valid_token() and not loop.write_error
+    return loop.on_disk()
 
 
 def _with_runtime_settings(new: Config, old: Config) -> Config:

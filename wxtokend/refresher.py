@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import random
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -152,6 +153,8 @@ class Refresher:
         "record",
         "write_error",
         "write_failures",
+        "writing_since",
+        "written_token",
     )
 
     def __init__(
@@ -204,6 +207,8 @@ class Refresher:
         self.write_failures = 0
         self.write_error: str | None = None
         self.busy_since: float | None = None
+        self.writing_since: float | None = None  # monotonic start of a file write in progress
+        self.written_token: str | None = None  # the token the files on disk hold
         self._flights: dict[str, asyncio.Future[Passive]] = {}
         self._last_passive = float("-inf")
         self._forces: list[float] = []
@@ -233,6 +238,16 @@ class Refresher:
 
     def clock_now(self) -> float:
         return self._clock.now()
+
+    def on_disk(self) -> bool:
+        """A valid token whose files are written (not just fetched)."""
+        record = self.record
+        return (
+            self.has_valid_token()
+            and record is not None
+            and record.access_token == self.written_token
+            and not self.write_error
+        )
 
     def has_valid_token(self) -> bool:
         record = self.record
@@ -270,6 +285,9 @@ class Refresher:
         mono = self._clock.monotonic()
         if self.busy_since is not None and mono - self.busy_since > fetch_limit + _STUCK_AFTER:
             return f"a fetch has been running for {int(mono - self.busy_since)} s"
+        writing = self.writing_since
+        if writing is not None and mono - writing > fetch_limit + _STUCK_AFTER:
+            return f"a file write has been running for {int(mono - writing)} s"
         due = self._wake_due
         if self.busy_since is None and due is not None and mono - due > _STUCK_AFTER:
             return f"its wake-up is {int(mono - due)} s overdue"
@@ -386,16 +404,20 @@ class Refresher:
         if stale is None and self.record is not None:
             stale = self.record.access_token
         try:
-            token, outcome = await self._obtain(force=force, stale=stale)
+            try:
+                token, outcome = await self._obtain(force=force, stale=stale)
+            finally:
+                self.busy_since = None
+            await self._succeeded(token, outcome)
+            return True
         except FetchError as error:
             await self._failed(error)
             return False
         finally:
-            self.busy_since = None
+            # Only now is the new schedule set (the file write in between yields), so a
+            # sleeping loop woken to re-plan cannot read the old refresh time.
             self._plan += 1
-            self._wake.set()  # the schedule changed: a sleeping loop re-plans
-        await self._succeeded(token, outcome)
-        return True
+            self._wake.set()
 
     # -- fleet mode ------------------------------------------------------------
 
@@ -744,6 +766,7 @@ class Refresher:
         self._planned = self._refresh_point(
             record, now, fetched_at=token.fetched_at, expires_at=token.expires_at
         )
+        self.next_at = self._planned  # before the write: it yields, and may be cancelled
         saved = await self._write(record)
         self._metrics.token(
             self.app.name, expires_at=record.expires_at, fetched=now, kind=self.kind
@@ -823,10 +846,14 @@ class Refresher:
         async with self._files:
             if self._closed:
                 return True  # removed or replaced by a reload: its files are not ours any more
+            self.writing_since = self._clock.monotonic()
             try:
                 await _in_thread(self._store.save, record)
             except OSError as exc:
                 return self._write_failed(exc)
+            finally:
+                self.writing_since = None
+            self.written_token = record.access_token
         return True
 
     def _save_now(self, record: Record) -> bool:
@@ -835,6 +862,7 @@ class Refresher:
             self._store.save(record)
         except OSError as exc:
             return self._write_failed(exc)
+        self.written_token = record.access_token
         return True
 
     def _write_failed(self, exc: OSError) -> bool:
@@ -1033,14 +1061,28 @@ class TicketRefresher(Refresher):
         raise AssertionError("unreachable")
 
 
+_WRITER_POOL: ThreadPoolExecutor | None = None
+
+
+def _writers() -> ThreadPoolExecutor:
+    """File writes get threads of their own: in the default executor they queued with
+    aiohttp's DNS lookups, which could then time out behind a burst of fsyncs."""
+    global _WRITER_POOL
+    if _WRITER_POOL is None:
+        _WRITER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="wxtokend-write")
+    return _WRITER_POOL
+
+
 async def _in_thread(work: Callable[[Record], object], record: Record) -> None:
     """``work(record)`` in the default executor. If the caller is cancelled meanwhile, the
     thread still finishes before the cancellation goes on, so no later write overlaps it."""
-    future = asyncio.get_running_loop().run_in_executor(None, work, record)
+    future = asyncio.get_running_loop().run_in_executor(_writers(), work, record)
     try:
         await asyncio.shield(future)
     except asyncio.CancelledError:
-        await asyncio.wait({future})
+        while not future.done():  # a second cancellation must not cut this wait short
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({future})
         raise
 
 

@@ -62,7 +62,8 @@ class Policy:
     stable_window: float = 300.0
     classic_fraction: tuple[float, float] = (0.75, 0.85)
     stable_aim: tuple[float, float] = (0.05, 0.25)
-    min_delay: float = 1.0
+    min_delay: float = 1.0  # the shortest wait of any kind except transient retries
+    backoff_floor: float = 1.0  # transient retries (config retry.min)
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     fatal_interval: float = 600.0
@@ -166,11 +167,11 @@ def retry_at(
             floor=policy.min_delay,
         )
     delay = backoff(
-        attempt, rng, base=policy.backoff_base, cap=policy.backoff_cap, floor=policy.min_delay
+        attempt, rng, base=policy.backoff_base, cap=policy.backoff_cap, floor=policy.backoff_floor
     )
     if expires_at is not None and expires_at > now:
         # Keep several tries in hand before the token consumers hold runs out.
-        delay = min(delay, max(policy.min_delay, (expires_at - now) / 4))
+        delay = min(delay, max(policy.backoff_floor, (expires_at - now) / 4))
     return now + delay
 
 

@@ -52,8 +52,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxy = proxy
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _pool(self) -> aiohttp.ClientSession:
+        if self._closed:  # a late call at shutdown must not open a session nobody closes
+            raise httpx.NetworkError("the transport is closed")
         # Made on first use: a session belongs to the event loop that runs it.
         if self._session is None:
             connector = aiohttp.TCPConnector(
@@ -95,6 +98,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -110,8 +114,11 @@ def _translated(exc: BaseException) -> httpx.TransportError:
 
 
 def _reason(exc: BaseException) -> str:
+    # Fixed texts where aiohttp's would quote the URL, query (and secret) included.
     if isinstance(exc, aiohttp.InvalidURL):
-        return "invalid URL"  # its text is the URL, query and all
+        return "invalid URL"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
     if isinstance(exc, aiohttp.ClientResponseError):

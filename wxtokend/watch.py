@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from watchdog import events
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -44,6 +45,13 @@ _CHANGES: list[type[FileSystemEvent]] = [
     FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
+    # chmod/chown/touch (IN_ATTRIB): e.g. fixing an unreadable secret file. Older
+    # watchdog reported these as modifications and has no classes for them.
+    *(
+        getattr(events, name)
+        for name in ("DirAttribEvent", "FileAttribEvent")
+        if hasattr(events, name)
+    ),
 ]
 
 
