@@ -24,14 +24,14 @@ class Reads:
     total: int = 0
     invalid: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
-    invalid_apps: set[str] = field(default_factory=set)
+    invalid_by_app: Counter[str] = field(default_factory=Counter)
 
     def add(self, name: str, outcome: str) -> None:
         self.total += 1
         self.outcomes[outcome] += 1
         if outcome != "valid":
             self.invalid += 1
-            self.invalid_apps.add(name)
+            self.invalid_by_app[name] += 1
 
     def problems(self) -> str:
         bad = {k: v for k, v in self.outcomes.items() if k != "valid"}

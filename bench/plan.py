@@ -50,7 +50,8 @@ def counted(quick: bool) -> list[Run]:
         partial(baselines, pattern="fetch-per-use", lifetimes=3 if quick else 10),
         partial(baselines, pattern="ttl-cache", lifetimes=3 if quick else 10),
         *(partial(fleet_calls, size=n, lifetimes=3 if quick else 10) for n in (1, 5, 10)),
-        partial(chaos_soak, apps=100, lifetimes=6 if quick else 50),
+        partial(chaos_soak, apps=100, lifetimes=6 if quick else 50, timeouts="hang"),
+        partial(chaos_soak, apps=100, lifetimes=6 if quick else 50, timeouts="lost"),
         partial(crash_safety, kills=30 if quick else 200),
     ]
 

@@ -772,12 +772,14 @@ class TestFaults:
         assert hits.count(None) == 1000 - hits.count(Fault(kind))
 
     def test_fractions_add_up(self, clock: FakeClock) -> None:
-        """Every fault at 0.2 fires about a fifth of the time."""
-        faults = Faults(http_5xx=0.2, busy=0.2, garbage=0.2, slow=0.2, hang=0.2)
+        """Every fault at 1/6 fires about a sixth of the time."""
+        faults = Faults(
+            http_5xx=1 / 6, busy=1 / 6, garbage=1 / 6, slow=1 / 6, hang=1 / 6, lost=1 / 6
+        )
         state = make_state(clock, faults=faults)
         hits = [state.admit("stable_token", APPID) for _ in range(1000)]
         for fault in Fault:
-            assert 150 <= hits.count(fault) <= 250
+            assert 120 <= hits.count(fault) <= 215
 
     def test_seed_makes_faults_reproducible(self, clock: FakeClock) -> None:
         """Two states with the same seed misbehave on the same calls."""
@@ -1298,13 +1300,13 @@ class TestHttp:
             assert time.monotonic() - started >= 0.05
             token_of(slow.json())
 
-    async def test_hang_issues_at_once_and_holds_the_reply(self) -> None:
-        """hang processes the call at once (classic: the caller's token is replaced and dies
-        after the grace) but holds the reply past the client's timeout: a lost reply."""
+    async def test_lost_issues_at_once_and_holds_the_reply(self) -> None:
+        """lost processes the call at once (classic: the caller's token is replaced and dies
+        after the grace) but holds the reply past the client's timeout."""
         apps = (EmulatedApp(appid=APPID, secret=SECRET),)
         async with serving(EmulatorConfig(apps=apps, grace=0)) as (emulator, client):
             first = token_of((await client.get("/cgi-bin/token", params=CLASSIC)).json())
-            emulator.state.set_faults(APPID, Faults(hang=1.0, hang_seconds=0.5))
+            emulator.state.set_faults(APPID, Faults(lost=1.0, hang_seconds=0.5))
             with pytest.raises(httpx.ReadTimeout):
                 await client.get("/cgi-bin/token", params=CLASSIC, timeout=0.2)
             assert emulator.state.stats()[APPID]["token"] == 2
@@ -1313,6 +1315,19 @@ class TestHttp:
             started = time.monotonic()
             token_of((await client.get("/cgi-bin/token", params=CLASSIC)).json())
             assert time.monotonic() - started < 0.2  # only hit calls are held
+
+    async def test_hang_holds_and_never_issues(self) -> None:
+        """hang holds the call past the client's timeout and then answers 504: nothing was
+        issued, the caller's token lives on."""
+        apps = (EmulatedApp(appid=APPID, secret=SECRET),)
+        async with serving(EmulatorConfig(apps=apps, grace=0)) as (emulator, client):
+            first = token_of((await client.get("/cgi-bin/token", params=CLASSIC)).json())
+            emulator.state.set_faults(APPID, Faults(hang=1.0, hang_seconds=0.3))
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get("/cgi-bin/token", params=CLASSIC, timeout=0.1)
+            late = await client.get("/cgi-bin/token", params=CLASSIC, timeout=2)
+            assert late.status_code == 504
+            assert emulator.state.check_token(first).get("errcode", 0) == 0
 
     async def test_stats_and_reset(self) -> None:
         """/emulator/stats reports every counter per app; reset-stats zeroes them."""

@@ -90,14 +90,14 @@ __all__ = [
 
 Grant = Literal["classic", "stable"]
 Reply = dict[str, object]
-# Set by a "hang" fault while a call is handled: how long to hold its finished reply.
+# Set by a "lost" fault while a call is handled: how long to hold its finished reply.
 _HOLD: contextvars.ContextVar[float] = contextvars.ContextVar("hold", default=0.0)
 
 
 def _held(
     handler: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
-    """The handler, its reply held back if a hang fault hit the call (after it took effect)."""
+    """The handler, its reply held back if a lost fault hit the call (after it took effect)."""
 
     async def handle(request: Request) -> Response:
         hold = _HOLD.set(0.0)
@@ -145,6 +145,11 @@ _BAD_GATEWAY = (
     "<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
 )
 
+_GATEWAY_TIMEOUT = (
+    "<html><head><title>504 Gateway Time-out</title></head><body>"
+    "<center><h1>504 Gateway Time-out</h1></center><hr><center>nginx</center></body></html>"
+)
+
 _NON_NEGATIVE = (
     "grace",
     "stable_window",
@@ -173,13 +178,16 @@ class Faults:
     garbage: float = 0.0
     slow: float = 0.0
     slow_seconds: float = 3.0
-    # Processed (and issued) at once, but the reply is held: a reply lost or late on its
-    # way back. The caller times out; for classic the token it holds is now replaced.
+    # Both hold the caller past its timeout (hang_seconds). hang: never processed, then
+    # a 504 (a request stuck before WeChat handled it). lost: processed (and issued) at
+    # once, its reply held (lost on the way back): for classic, the token the caller
+    # holds has just been replaced.
     hang: float = 0.0
+    lost: float = 0.0
     hang_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("http_5xx", "busy", "garbage", "slow", "hang"):
+        for name in ("http_5xx", "busy", "garbage", "slow", "hang", "lost"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"{name} must be between 0 and 1, got {value}")
         _require(self.slow_seconds >= 0, f"slow_seconds must be >= 0, got {self.slow_seconds}")
@@ -276,6 +284,7 @@ class Fault(Enum):
     GARBAGE = "garbage"
     SLOW = "slow"
     HANG = "hang"
+    LOST = "lost"
 
 
 # --------------------------------------------------------------------------- state
@@ -531,6 +540,7 @@ class WeChatState:
             (Fault.GARBAGE, faults.garbage),
             (Fault.SLOW, faults.slow),
             (Fault.HANG, faults.hang),
+            (Fault.LOST, faults.lost),
         )
         if not any(fraction for _, fraction in bands):
             return None
@@ -1038,6 +1048,9 @@ class Emulator:
         if fault is Fault.SLOW:
             await asyncio.sleep(self.state.faults_for(appid, secret).slow_seconds)
         if fault is Fault.HANG:
+            await asyncio.sleep(self.state.faults_for(appid, secret).hang_seconds)
+            return HTMLResponse(_GATEWAY_TIMEOUT, status_code=504)
+        if fault is Fault.LOST:
             _HOLD.set(self.state.faults_for(appid, secret).hang_seconds)
         return None
 
