@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import signal
 import socket
@@ -199,6 +200,7 @@ class Daemon:
         await self._follow_fleet_once()
         for refresher in refreshers:
             self._spawn(refresher)
+        _settle_memory()
         watcher = ConfigWatcher(asyncio.get_running_loop(), self.request_reload)
         self._watch(watcher, self.config)
         helpers = [
@@ -431,6 +433,7 @@ class Daemon:
         self.notifier.ready(self.status_line())
         self._ready_sent = True
         self._log.info("ready", status=self.status_line())
+        _settle_memory()  # the first tokens' records and tasks are long-lived too
         ping = self.notifier.watchdog_interval
         step = min(ping, _STATUS_EVERY) if ping else _STATUS_EVERY
         since_status = 0.0
@@ -448,14 +451,17 @@ class Daemon:
 
     async def _wait_until_ready(self, deadline: float) -> None:
         """Until every app has a token, woken by each token written, or until ``deadline``."""
-        # Only the loops still waiting are checked again, and cheaply: at 10,000 apps a
-        # full readiness() report per written token cost more than the fetches.
-        seen = -1
-        waiting: list[Refresher] = []
+        # Cheap checks, each loop passed once: at 10,000 apps a full readiness() report
+        # per written token cost more than the fetches.
+        seen, waiting, first = -1, [], 0
         while True:
             if seen != self._reloads:  # apps added or replaced: wait for the current loops
-                seen, waiting = self._reloads, list(self._loops.values())
-            if not (waiting := [loop for loop in waiting if not _ready(loop)]):
+                seen, waiting, first = self._reloads, list(self._loops.values()), 0
+            # Loops get their tokens roughly in order: skip past the ready ones and stop at
+            # the first still waiting, so each loop is passed once, not at every wake-up.
+            while first < len(waiting) and _ready(waiting[first]):
+                first += 1
+            if first == len(waiting):
                 return
             left = deadline - self.clock.now()
             if left <= 0:
@@ -513,7 +519,9 @@ class Daemon:
         self.notifier.reloading()
         for warning in new.warnings:
             self._log.warning("config", problem=warning)
+        gc.unfreeze()  # removed apps' loops are cyclic garbage: let the collector see them
         changes = await self._apply(new)
+        _settle_memory()
         self._reloads += 1
         self._written.set()  # a READY wait in progress looks at the new set of loops
         self._fingerprint = new_fingerprint
@@ -573,6 +581,18 @@ class Daemon:
             "refetched": changed,
             "tickets": tickets_changed,
         }
+
+
+def _settle_memory() -> None:
+    """Collect, then move everything alive now out of the cyclic collector's way.
+
+    With 10,000 apps the collector's full passes (each over every object of every
+    loop) took ~20 % of the daemon's CPU while the first tokens came in; objects that
+    live as long as the daemon need not be traversed again (gc.freeze, as large
+    long-running Python services do). Reference counting still frees them.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _policy(config: Config) -> Policy:
