@@ -190,6 +190,11 @@ class DaemonProcess:
         )
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
     def send(self, sig: int) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
