@@ -36,7 +36,7 @@ def timed(quick: bool) -> list[Run]:
         partial(fleet_storm, n=1000, size=5),
         partial(read_cost, n=2000 if quick else 10000),
         partial(scale, n=1000, idle=10 if quick else 30),
-        *([] if quick else [partial(scale, n=10000, idle=30, starts=3)]),
+        *([] if quick else [partial(scale, n=10000, idle=30, starts=3, on_disk=True)]),
     ]
 
 

@@ -12,6 +12,8 @@ as a share of one core — timers only, so it should be close to nothing.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +87,27 @@ class _Start:
     idle_share: float | None = None  # of one core, when measured
 
 
-def _start(work: Path, apps: list[TestApp], *, idle: float | None) -> _Start:
+SHM = "/dev/shm"  # noqa: S108 - only ever the parent of a mkdtemp() directory
+
+
+def _tmpfs() -> Path | None:
+    """The shared-memory mount if it is a tmpfs: token files live on one in production
+    (/run/wxtoken under systemd, a memory emptyDir in Kubernetes), unlike the benchmark's
+    work directory."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == SHM and fields[2] == "tmpfs":
+            return Path(SHM)
+    return None
+
+
+def _start(
+    work: Path, apps: list[TestApp], *, idle: float | None, output: Path | None = None
+) -> _Start:
     """One cold start of a daemon with ``apps``; then, if ``idle``, its idle CPU."""
     emu = EmulatorProcess(work / "emu", apps, lifetime=3600)
-    daemon = DaemonProcess(work / "d", apps, emu.base_url)
+    where = {"output_dir": str(output)} if output is not None else {}
+    daemon = DaemonProcess(work / "d", apps, emu.base_url, **where)
     try:
         started = time.monotonic()
         daemon.start()
@@ -116,26 +135,42 @@ def _start(work: Path, apps: list[TestApp], *, idle: float | None) -> _Start:
     return result
 
 
-def scale(work: Path, *, n: int, idle: float, starts: int = 1) -> list[Figure]:
-    """Figure 2 for n apps; the start is timed ``starts`` times (median reported), since a
-    shared machine's speed drifts by tens of percent between runs."""
+def scale(
+    work: Path, *, n: int, idle: float, starts: int = 1, on_disk: bool = False
+) -> list[Figure]:
+    """Figure 2 for n apps, token files on a tmpfs as in production. The start is timed
+    ``starts`` times (median reported), since a shared machine's speed drifts by tens of
+    percent between runs; ``on_disk``: once more with the files on the work directory's
+    disk, where every write is fsynced for real."""
     apps = _apps(n)
-    runs = [
-        _start(work / f"start{i}", apps, idle=idle if i == starts - 1 else None)
-        for i in range(starts)
-    ]
+    tmpfs = _tmpfs()
+    runs = []
+    for i in range(starts):
+        output = Path(tempfile.mkdtemp(prefix="wxtokend-bench-", dir=tmpfs)) if tmpfs else None
+        try:
+            last = i == starts - 1
+            runs.append(
+                _start(work / f"start{i}", apps, idle=idle if last else None, output=output)
+            )
+        finally:
+            if output is not None:
+                shutil.rmtree(output, ignore_errors=True)
+    disk = _start(work / "disk", apps, idle=None) if on_disk else None
     middle = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
     all_times = ", ".join(f"{r.seconds:.1f}" for r in runs)
     idle_share = runs[-1].idle_share or 0.0
+    how = f"median of {starts} cold starts ({all_times} s)" if starts > 1 else "one cold start"
+    how += ", token files on tmpfs" if tmpfs else ", token files on disk (no tmpfs found)"
+    if disk is not None:
+        how += f" (on this disk, fsync and all: {disk.seconds:.1f} s, {disk.daemon_cpu:.1f} CPU s)"
     return [
         Figure(
             f"{n:,} apps: time until every app has its first token",
             f"{middle.seconds:.1f} s",
             "≤ 15 s for 10,000" if n >= 10000 else "seconds",
-            f"from process start, default settings (max_concurrency 16); median of"
-            f" {starts} cold start{'s' if starts > 1 else ''} ({all_times} s); by then the daemon"
-            f" had used {middle.daemon_cpu:.1f} CPU s (writer threads included), the emulator"
-            f" on the same cores {middle.emulator_cpu:.1f}",
+            f"from process start, default settings (max_concurrency 16); {how}; by then the"
+            f" daemon had used {middle.daemon_cpu:.1f} CPU s (writer threads included), the"
+            f" emulator on the same cores {middle.emulator_cpu:.1f}",
         ),
         Figure(
             f"{n:,} apps: daemon peak RSS",

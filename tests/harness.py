@@ -151,7 +151,8 @@ class DaemonProcess:
         self.directory = directory
         self.api_base = api_base
         self.config_path = directory / "config.yaml"
-        self.output_dir = directory / "tokens"
+        # settings may put the token files elsewhere, e.g. on a tmpfs like /run/wxtoken.
+        self.output_dir = Path(settings.get("output_dir", directory / "tokens"))
         # Not beside the config: the daemon watches that directory, and a log line is an event.
         self.log_path = directory / "log" / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
