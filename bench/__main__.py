@@ -9,8 +9,9 @@ Two phases keep the run short without bending the figures:
    one after another with the machine to themselves.
 2. **Counted** figures (calls per lifetime, the baselines, fleets, the chaos soak,
    crash safety) run side by side, each in its own process: they count calls and
-   rejections over compressed lifetimes, which a busy CPU does not change (and the
-   soak is harder for it).
+   rejections over compressed lifetimes, which a busy CPU changes little; where it
+   does (the soak's short timeouts, the crash test's kills during start-up) it makes
+   the test harder, and the crash figure says how many kills found a started daemon.
 """
 
 from __future__ import annotations

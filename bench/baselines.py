@@ -238,7 +238,7 @@ def baselines(
         Figure(
             f"TTL cache in {workers} workers: 40001/42001 rejections seen per app per lifetime",
             f"{tally.rejections / apps / spans:.2f}",
-            "wxtokend's consumers: {rejections}",
+            "wxtokend's consumers: {rejections} reads (1 per app per second)",
             f"{tally.rejections} rejections in {tally.uses} uses;"
             f" {tally.failed_uses} uses still failed after one refetch and retry",
         ),

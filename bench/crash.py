@@ -49,6 +49,7 @@ class CrashResult:
     calls: int = 0  # token + stable_token calls over the kill loop
     expected: float = 0.0  # what a never-restarted daemon would make in the same wall time
     final_invalid: int = 0  # tokens the emulator rejects after the final clean start
+    started: int = 0  # kills that came after the daemon had logged "started"
 
 
 def _apps(n: int) -> list[TestApp]:
@@ -183,10 +184,14 @@ def kill_loop(work: Path, *, kills: int, apps: int, seed: int = 6) -> CrashResul
             checked_at = time.time()
             daemon.kill()  # SIGKILL
             result.kills += 1
+            with daemon.log_path.open("rb") as log:
+                log.seek(log_size)
+                reached_start = b'"started"' in log.read()
+            result.started += reached_start
             for app in group:
                 bound = safe.get(app.name)
-                if bound is None or bound <= checked_at:
-                    continue  # due (or invalid) before the kill: a call would be legitimate
+                if not reached_start or bound is None or bound <= checked_at:
+                    continue  # not yet running, or due before the kill: nothing to judge
                 result.safe_checked += 1
                 made = _calls(after, app.appid) - _calls(before, app.appid)
                 if made:
@@ -194,9 +199,6 @@ def kill_loop(work: Path, *, kills: int, apps: int, seed: int = 6) -> CrashResul
             _inspect(out, group, previous, result)
             now_temps = _temps(out)
             result.temps_seen += len(now_temps - pending)
-            with daemon.log_path.open("rb") as log:
-                log.seek(log_size)
-                reached_start = b'"started"' in log.read()
             if reached_start:  # the start's cleanup ran: nothing from before may survive it
                 result.failures += [
                     f"kill {result.kills}: {n} survived a start" for n in pending & now_temps
@@ -279,8 +281,9 @@ def crash_safety(work: Path, *, kills: int = 200, apps: int = 20, seed: int = 6)
             "crash safety: upstream calls at restarts while tokens were valid",
             str(len(r.premature)),
             "0",
-            f"{r.safe_checked} (restart, app) pairs with a valid, not interrupted, not yet due"
-            f" token checked over the whole run; {r.interrupted} pairs found an interrupted classic"
+            f"{r.started} of {r.kills} kills came after the daemon had started; over those,"
+            f" {r.safe_checked} (restart, app) pairs with a valid, not interrupted, not yet due"
+            f" token checked; {r.interrupted} pairs found an interrupted classic"
             f" fetch and refetched (correct); all token calls {r.calls} over {r.elapsed:.0f} s vs"
             f" {r.expected:.0f} for a never-restarted daemon ({r.calls - r.expected:+.0f})"
             + (f"; {calls_shown}" if calls_shown else ""),

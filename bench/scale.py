@@ -158,7 +158,8 @@ def scale(
     disk = _start(work / "disk", apps, idle=None) if on_disk else None
     middle = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
     all_times = ", ".join(f"{r.seconds:.1f}" for r in runs)
-    idle_share = runs[-1].idle_share or 0.0
+    idle_share = runs[-1].idle_share
+    assert idle_share is not None, "the last start measures idle CPU"
     how = f"median of {starts} cold starts ({all_times} s)" if starts > 1 else "one cold start"
     how += ", token files on tmpfs" if tmpfs else ", token files on disk (no tmpfs found)"
     if disk is not None:
@@ -175,7 +176,7 @@ def scale(
         Figure(
             f"{n:,} apps: daemon peak RSS",
             f"{max(r.rss_mb for r in runs):.0f} MB",
-            "≤ 200 MB for 10,000",
+            "≤ 200 MB for 10,000" if n >= 10000 else "(≤ 200 MB for 10,000)",
             "VmHWM, highest of the starts",
         ),
         Figure(
