@@ -272,7 +272,7 @@ def crash_safety(work: Path, *, kills: int = 200, apps: int = 20, seed: int = 6)
             f"{apps} apps ({classic} classic, {apps - classic} stable), lifetime {LIFETIME} s,"
             f" killed 0.2-1.5 s after each start; bare file behind its JSON after a kill:"
             f" {r.bare_behind + r.bare_other} (JSON is written first; {r.bare_other} of them"
-            f" after two saves in one short life), all repaired at the next start;"
+            f" after two saves in one short life), which the next start rewrites;"
             f" temp files left by kills: {r.temps_seen}, all removed by the next start;"
             f" tokens rejected after a final clean start: {r.final_invalid}"
             + (f"; {shown}" if shown else ""),
