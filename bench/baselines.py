@@ -33,8 +33,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import EmulatorProcess, TestApp  # type: ignore[import-not-found]  # noqa: E402
+from harness import EmulatorProcess  # type: ignore[import-not-found]  # noqa: E402
 
+from bench.apps import make_apps  # noqa: E402
 from bench.figures import Figure  # noqa: E402
 
 __all__ = ["baselines"]
@@ -50,18 +51,6 @@ class _Tally:
     rejections: int = 0
     failed_uses: int = 0
     uses: int = 0
-
-
-def _baseline_apps(n: int) -> list[Any]:
-    return [
-        TestApp(
-            appid=f"wx{0x40000 + i:016x}",
-            secret=f"{0x40000 + i:032x}",
-            name=f"baseline{i}",
-            grant="classic",
-        )
-        for i in range(n)
-    ]
 
 
 async def _fetch(client: httpx.AsyncClient, app: Any) -> tuple[str, int]:
@@ -197,7 +186,7 @@ def baselines(
 ) -> list[Figure]:
     """Upstream calls (and, for the caches, 40001s) per app per lifetime for ``pattern``:
     "fetch-per-use" or "ttl-cache" (``workers`` caches per app)."""
-    group = _baseline_apps(apps)
+    group = make_apps(apps, offset=0x40000, name="baseline", grants=("classic",))
     emu = EmulatorProcess(work / "emu", group, lifetime=lifetime, grace=3, daily_quota=10**9)
     margin = max(1.0, 0.2 * lifetime)
     try:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import DaemonProcess, EmulatorProcess, TestApp, wait_for  # noqa: E402
 
+from bench.apps import make_apps  # noqa: E402
 from bench.figures import Figure  # noqa: E402
 
 __all__ = ["CrashResult", "crash_safety", "kill_loop"]
@@ -50,16 +51,6 @@ class CrashResult:
     expected: float = 0.0  # what a never-restarted daemon would make in the same wall time
     final_invalid: int = 0  # tokens the emulator rejects after the final clean start
     started: int = 0  # kills that came after the daemon had logged "started"
-
-
-def _apps(n: int) -> list[TestApp]:
-    grants = ["classic" if i % 2 == 0 else "stable" for i in range(n)]
-    return [
-        TestApp(
-            appid=f"wx{0x60000 + i:016x}", secret=f"{0x60000 + i:032x}", name=f"{g}{i}", grant=g
-        )
-        for i, g in enumerate(grants)
-    ]
 
 
 def _calls(stats: dict[str, dict[str, int]], appid: str) -> int:
@@ -159,7 +150,7 @@ def _temps(out: Path) -> set[str]:
 def kill_loop(work: Path, *, kills: int, apps: int, seed: int = 6) -> CrashResult:
     """Start, wait 0.2-1.5 s, kill -9, inspect; ``kills`` times, then one clean start."""
     rng = random.Random(seed)
-    group = _apps(apps)
+    group = make_apps(apps, offset=0x60000, name="app", grants=("classic", "stable"))
     names = [a.name for a in group]
     result = CrashResult(kills=0, apps=apps)
     emu = EmulatorProcess(work / "emu", group, lifetime=LIFETIME, grace=GRACE, stable_window=WINDOW)

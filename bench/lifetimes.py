@@ -11,24 +11,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from harness import DaemonProcess, EmulatorProcess, RedisServer, TestApp
+from harness import DaemonProcess, EmulatorProcess, RedisServer
 
+from bench.apps import make_apps
 from bench.consumers import consume
 from bench.figures import Figure
 
-__all__ = ["apps", "calls_per_lifetime", "daemon_events", "fleet_calls", "per_lifetime"]
-
-
-def apps(n: int, grant: str, offset: int) -> list[TestApp]:
-    return [
-        TestApp(
-            appid=f"wx{offset + i:016x}",
-            secret=f"{offset + i:032x}",
-            name=f"{grant}{i}",
-            grant=grant,
-        )
-        for i in range(n)
-    ]
+__all__ = ["calls_per_lifetime", "daemon_events", "fleet_calls", "per_lifetime"]
 
 
 def calls_per_lifetime(
@@ -42,8 +31,8 @@ def calls_per_lifetime(
     would overstate real-world calls.
     """
     window = 1
-    classic = apps(apps_per_grant, "classic", 0x1000)
-    stable = apps(apps_per_grant, "stable", 0x2000)
+    classic = make_apps(apps_per_grant, offset=0x1000, name="classic", grants=("classic",))
+    stable = make_apps(apps_per_grant, offset=0x2000, name="stable", grants=("stable",))
     group = classic + stable
     emu = EmulatorProcess(work / "emu", group, lifetime=lifetime, grace=3, stable_window=window)
     daemon = DaemonProcess(work / "d", group, emu.base_url, stable_renew_window=window)
@@ -129,7 +118,7 @@ def per_lifetime(events: dict[str, list[float]], names: list[str], lifetime: flo
 def fleet_calls(work: Path, *, size: int, lifetimes: int) -> list[Figure]:
     """Upstream calls per app per lifetime for a fleet of ``size`` classic-grant instances."""
     lifetime = 10
-    group = apps(10, "classic", 0x40000 + size * 100)
+    group = make_apps(10, offset=0x40000 + size * 100, name="classic", grants=("classic",))
     redis = RedisServer(work / "redis")
     emu = EmulatorProcess(work / "emu", group, lifetime=lifetime, grace=3)
     settings = {"redis": redis.url, "key_prefix": f"bench{size}", "reconcile_interval": 5}

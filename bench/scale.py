@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness import DaemonProcess, EmulatorProcess, TestApp, wait_for
 
+from bench.apps import make_apps
 from bench.figures import Figure
 
 __all__ = ["first_tokens", "scale"]
@@ -52,18 +53,6 @@ class _ReadyInLog:
         self.offset += len(chunk)
         self.tail = text[-len(self.MARK) :]
         return self.MARK in text
-
-
-def _apps(n: int) -> list[TestApp]:
-    return [
-        TestApp(
-            appid=f"wx{0x50000 + i:016x}",
-            secret=f"{0x50000 + i:032x}",
-            name=f"s{i}",
-            grant="classic" if i % 2 else "stable",
-        )
-        for i in range(n)
-    ]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -142,7 +131,7 @@ def scale(
     ``starts`` times (median reported), since a shared machine's speed drifts by tens of
     percent between runs; ``on_disk``: once more with the files on the work directory's
     disk, where every write is fsynced for real."""
-    apps = _apps(n)
+    apps = make_apps(n, offset=0x50000, name="s")
     tmpfs = _tmpfs()
     runs = []
     for i in range(starts):
@@ -190,7 +179,7 @@ def scale(
 
 def first_tokens(work: Path, *, n: int) -> list[Figure]:
     """Time from process start until every one of n apps has its token file (defaults)."""
-    apps = _apps(n)
+    apps = make_apps(n, offset=0x50000, name="s")
     emu = EmulatorProcess(work / "emu", apps, lifetime=3600)
     daemon = DaemonProcess(work / "d", apps, emu.base_url)
     out = daemon.output_dir

@@ -32,8 +32,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from harness import DaemonProcess, EmulatorProcess, TestApp
+from harness import DaemonProcess, EmulatorProcess
 
+from bench.apps import make_apps
 from bench.consumers import consume
 from bench.figures import Figure
 
@@ -53,21 +54,9 @@ FAULTED = sum(v for k, v in FAULTS.items() if not k.endswith("_seconds")) + TIME
 FAILING = FAULTED - FAULTS["slow"]  # slow answers arrive within the timeout
 
 
-def _apps(n: int) -> list[TestApp]:
-    return [
-        TestApp(
-            appid=f"wx{0x70000 + i:016x}",
-            secret=f"{0x70000 + i:032x}",
-            name=f"soak{i}",
-            grant="classic" if i % 2 else "stable",
-        )
-        for i in range(n)
-    ]
-
-
 def chaos_soak(work: Path, *, apps: int, lifetimes: int, timeouts: str = "hang") -> list[Figure]:
     """The soak with its timeouts as ``timeouts``: "hang" (never processed) or "lost"."""
-    group = _apps(apps)
+    group = make_apps(apps, offset=0x70000, name="soak")
     faults = {**FAULTS, timeouts: TIMEOUTS}
     emu = EmulatorProcess(
         work / "emu", group, lifetime=LIFETIME, grace=1, stable_window=2, faults=faults

@@ -18,18 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from watchdog import events
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 __all__ = ["ConfigWatcher", "content_fingerprint"]
@@ -37,21 +26,16 @@ __all__ = ["ConfigWatcher", "content_fingerprint"]
 # Changes only: without a filter inotify also reports every open and read, e.g. the
 # daemon reading 10,000 secret files at start, each then passed to watchdog's thread.
 _CHANGES: list[type[FileSystemEvent]] = [
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    # chmod/chown/touch (IN_ATTRIB): e.g. fixing an unreadable secret file. Older
-    # watchdog reported these as modifications and has no classes for them.
-    *(
-        getattr(events, name)
-        for name in ("DirAttribEvent", "FileAttribEvent")
-        if hasattr(events, name)
-    ),
+    getattr(events, name)
+    for name in (
+        *("DirCreatedEvent", "DirDeletedEvent", "DirMovedEvent", "FileClosedEvent"),
+        *("FileCreatedEvent", "FileDeletedEvent", "FileModifiedEvent", "FileMovedEvent"),
+        # chmod/chown/touch (IN_ATTRIB): e.g. fixing an unreadable secret file. Older
+        # watchdog reported these as modifications and has no classes for them.
+        "DirAttribEvent",
+        "FileAttribEvent",
+    )
+    if hasattr(events, name)
 ]
 
 
