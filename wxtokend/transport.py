@@ -224,6 +224,6 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return exc.message
-    return str(exc) or "no detail"
+    text = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    # One line, however many the server's bytes (quoted by the parser) would span.
+    return " ".join(text.split())[:200] or "no detail"
