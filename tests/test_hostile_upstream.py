@@ -12,8 +12,13 @@ import json
 import time
 import traceback
 from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import DaemonFactory
+from harness import TestApp, wait_for
 from hostile import (
     MB,
     Behaviour,
@@ -253,3 +258,92 @@ class TestWrongProtocol:
         assert isinstance(exc, TransientError)
         assert fragment in str(exc)
         assert SECRET not in error_text(exc)
+
+
+GOOD_FIRST = "GOOD_first_0123456789abcdefghij"
+GOOD_NEXT = "GOOD_next_0123456789abcdefghijk"
+# Fatal answers (redirects) are retried only every 10 minutes: the unit tests cover them.
+DAEMON_SETTINGS: dict[str, Any] = {"request_timeout": 1.0, "retry": {"min": 0.05, "max": 0.2}}
+
+
+def daemon_app() -> TestApp:
+    return TestApp(appid=APPID, secret=SECRET, name="shop", grant="stable")
+
+
+def called_twice(server: HostileServer, case: str) -> bool:
+    return server.calls[case] >= 2
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set size (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+@pytest.mark.e2e
+class TestDaemonAgainstHostileUpstream:
+    """The real daemon keeps its valid token through every hostile reply, then takes a good one."""
+
+    def test_token_survives_every_hostile_reply(self, daemon: DaemonFactory) -> None:
+        """Token file unchanged, daemon up, error reported per case; then the next good token."""
+        behaviours = {
+            "first": token_reply(GOOD_FIRST, 2),
+            **{name: case[0] for name, case in CASES.items()},
+            "next": token_reply(GOOD_NEXT, 3600),
+        }
+        with HostileServer(behaviours) as server:
+            d = daemon([daemon_app()], server.url, **DAEMON_SETTINGS).start()
+            d.wait_for_tokens(["shop"])
+            assert d.token("shop") == GOOD_FIRST
+            with d.admin() as admin:
+                for case, (_, _, fragment) in CASES.items():
+                    server.behave(case)
+                    # A second call means the first one has failed and been judged.
+                    wait_for(partial(called_twice, server, case), timeout=30, what=case)
+                    assert d.token("shop") == GOOD_FIRST, case
+                    assert d.process is not None
+                    assert d.process.poll() is None, case
+                    status = admin.get("/v1/apps/shop").json()
+                    assert status["consecutive_failures"] >= 1, case
+                    assert fragment in status["last_error"], (case, status["last_error"])
+                    ready = admin.get("/readyz")
+                    if ready.status_code == 503:  # once the first token has expired
+                        assert fragment in ready.json()["apps"]["shop"], case
+                server.behave("next")
+                wait_for(lambda: d.token("shop") == GOOD_NEXT, timeout=30, what="the next token")
+                assert admin.get("/readyz").status_code == 200
+                assert admin.get("/v1/apps/shop").json()["last_error"] is None
+        assert server.calls["first"] == 1
+        failures = [
+            e for e in d.events() if e.get("event") == "refresh" and e.get("outcome") != "ok"
+        ]
+        hostile_calls = {case: server.calls[case] for case in CASES}
+        print(f"calls per hostile case: {hostile_calls}")
+        assert len(failures) == sum(hostile_calls.values())
+        assert {e["outcome"] for e in failures} <= {"transient", "malformed"}
+        text = d.log_text()
+        assert SECRET not in text
+        assert GOOD_FIRST not in text
+        assert GOOD_NEXT not in text
+
+    @pytest.mark.parametrize(
+        "behaviour",
+        [endless(offer=200 * MB), endless(chunked=True, offer=200 * MB), gzip_bomb(200 * MB)],
+        ids=["close-delimited", "chunked", "gzip-bomb"],
+    )
+    def test_memory_stays_bounded_under_endless_bodies(
+        self, daemon: DaemonFactory, behaviour: Behaviour
+    ) -> None:
+        """With 200 MB offered per reply, the daemon's peak RSS stays under 100 MB."""
+        with HostileServer({"good": token_reply(GOOD_FIRST, 2), "endless": behaviour}) as server:
+            d = daemon([daemon_app()], server.url, **DAEMON_SETTINGS).start()
+            d.wait_for_tokens(["shop"])
+            server.behave("endless")
+            wait_for(lambda: server.calls["endless"] >= 20, timeout=60, what="20 endless replies")
+            peak = vm_hwm_kib(d.pid)
+            sent = server.sent["endless"] / server.calls["endless"]
+            assert d.token("shop") == GOOD_FIRST
+        print(f"daemon VmHWM {peak / 1024:.1f} MiB; {sent / MB:.2f} MB sent per reply of 200 MB")
+        assert peak < 100 * 1024
