@@ -20,7 +20,8 @@ Every aiohttp failure is raised as the httpx error the client already handles::
 Nothing from upstream is trusted to be small: the body comes back as a stream, and
 :func:`read_body` is the one reader of it, refusing more than :data:`MAX_BODY_BYTES`
 on the wire or after Content-Encoding decoding (a gzip bomb inflates ~1000 times), and
-never holding more than that plus one chunk. Redirects are never followed.
+never holding more than that plus one chunk. A reply head is at most 128 lines of 8 KiB.
+Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ MAX_BODY_BYTES: Final = 64 * 1024
 # module installed beside httpx never widens what upstream may send.
 ACCEPT_ENCODING: Final = "gzip, deflate"
 _CHUNK: Final = 16 * 1024
+_MAX_HEADERS: Final = 128  # WeChat sends about ten
+_MAX_LINE: Final = 8190
 _ZLIB_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 15}
 
 
@@ -100,6 +103,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 cookie_jar=aiohttp.DummyCookieJar(),  # WeChat sets none; keep no state
                 auto_decompress=False,  # httpx decodes per Content-Encoding
                 trust_env=False,  # a proxy is configured explicitly, never inherited
+                # aiohttp reads ahead up to twice this before pausing the socket: one chunk.
+                read_bufsize=_CHUNK,
+                # A head is at most this many lines of this size; more is a protocol error.
+                max_headers=_MAX_HEADERS,
+                max_line_size=_MAX_LINE,
+                max_field_size=_MAX_LINE,
             )
         return self._session
 
