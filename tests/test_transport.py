@@ -7,13 +7,22 @@ import asyncio
 import contextlib
 import gzip
 import json
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import httpx
 import pytest
 
-from wxtokend.transport import AiohttpTransport, _translated
+from wxtokend.transport import (
+    MAX_BODY_BYTES,
+    AiohttpTransport,
+    BodyTooLarge,
+    UnsupportedEncoding,
+    _translated,
+    read_body,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 SECRET = "s3cr3t0123456789abcdef0123456789"
@@ -228,3 +237,183 @@ class TestErrorTexts:
         await transport.aclose()
         with pytest.raises(httpx.NetworkError):
             await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:9/"))
+
+
+def head_only(head: bytes, *, then_stall: bool = True) -> Handler:
+    """A reply head (with whatever body framing it announces), then nothing more."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(head)
+        await writer.drain()
+        if then_stall:
+            await reader.read()  # until the client hangs up
+
+    return handler
+
+
+def plain(body: bytes, **kw: bytes) -> Handler:
+    return reply(body, extra=kw.get("extra", b""))
+
+
+async def read_capped(base: str, limit: int = MAX_BODY_BYTES) -> bytes:
+    transport = AiohttpTransport(max_connections=2)
+    try:
+        request = httpx.Request("GET", f"{base}/x", extensions={"timeout": {"read": 2.0}})
+        response = await transport.handle_async_request(request)
+        try:
+            return await read_body(response, limit)
+        finally:
+            await response.aclose()
+    finally:
+        await transport.aclose()
+
+
+class TestBodyCap:
+    """The body is read from the socket only up to the cap, however it is framed."""
+
+    async def test_body_of_exactly_the_cap_is_read(self) -> None:
+        """MAX_BODY_BYTES bytes arrive whole."""
+        body = b" " * (MAX_BODY_BYTES - 2) + b"{}"
+        async with server(plain(body)) as (base, _):
+            assert await read_capped(base) == body
+
+    @pytest.mark.parametrize("framing", ["content-length", "close-delimited", "chunked"])
+    async def test_one_byte_over_is_refused(self, framing: str) -> None:
+        """One byte over the cap is BodyTooLarge, whether announced, close-delimited or chunked."""
+        body = b" " * (MAX_BODY_BYTES + 1)
+        if framing == "content-length":
+            handler = plain(body)
+        elif framing == "close-delimited":
+            handler = head_only(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body)
+        else:
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:40000], body[40000:]))
+            handler = head_only(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        async with server(handler) as (base, _):
+            with pytest.raises(BodyTooLarge):
+                await read_capped(base)
+
+    async def test_announced_length_over_the_cap_is_refused_unread(self) -> None:
+        """A Content-Length over the cap is refused at once: no wait for a body never sent."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 209715200\r\n\r\n"
+        async with server(head_only(head)) as (base, _):
+            with pytest.raises(BodyTooLarge, match="announces 209715200 bytes"):
+                await asyncio.wait_for(read_capped(base), timeout=1.5)
+
+    async def test_status_arrives_before_the_body(self) -> None:
+        """The transport returns at the head; a stalled body is the reader's business."""
+        head = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 100\r\n\r\n"
+        transport = AiohttpTransport(max_connections=1)
+        async with server(head_only(head)) as (base, _):
+            response = await asyncio.wait_for(
+                transport.handle_async_request(httpx.Request("GET", f"{base}/x")), timeout=1.5
+            )
+            assert response.status_code == 502
+            await response.aclose()
+            await transport.aclose()
+
+    async def test_cut_off_connection_is_not_reused(self) -> None:
+        """A connection left mid-body is closed, not pooled; the next call gets a new one."""
+        big, small = b" " * (MAX_BODY_BYTES * 2), b"{}"
+        answers = iter([plain(big), plain(small)])
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await next(answers)(reader, writer)
+
+        transport = AiohttpTransport(max_connections=1)
+        async with server(handler) as (base, seen):
+            bodies = []
+            for _ in range(2):
+                response = await transport.handle_async_request(httpx.Request("GET", f"{base}/x"))
+                try:
+                    bodies.append(await read_body(response))
+                except BodyTooLarge:
+                    bodies.append(b"<too large>")
+                finally:
+                    await response.aclose()
+            await transport.aclose()
+        assert bodies == [b"<too large>", small]
+        assert seen.count(b"<connection>") == 2
+
+
+class ChunkStream(httpx.AsyncByteStream):
+    """``count`` chunks of ``data``, counting how many the reader pulled."""
+
+    def __init__(self, data: bytes, count: int) -> None:
+        self.data, self.count, self.pulled = data, count, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.count):
+            self.pulled += 1
+            yield self.data
+
+
+def in_memory(stream: httpx.AsyncByteStream, content_encoding: str = "") -> httpx.Response:
+    headers = {"Content-Encoding": content_encoding} if content_encoding else {}
+    return httpx.Response(200, headers=headers, stream=stream)
+
+
+class TestReadBody:
+    """read_body decodes gzip/deflate itself, bounded, and stops pulling at the cap."""
+
+    async def test_stops_pulling_at_the_cap(self) -> None:
+        """An endless stream is pulled for at most the cap plus one chunk."""
+        stream = ChunkStream(b" " * 16384, count=10**6)
+        with pytest.raises(BodyTooLarge):
+            await read_body(in_memory(stream))
+        assert stream.pulled == MAX_BODY_BYTES // 16384 + 1
+
+    @pytest.mark.parametrize(
+        ("encoding", "compress"),
+        [
+            ("gzip", gzip.compress),
+            ("x-gzip", gzip.compress),
+            ("deflate", zlib.compress),
+            ("identity", bytes),
+            ("GZIP, identity", gzip.compress),
+        ],
+    )
+    async def test_decodes_up_to_exactly_the_cap(
+        self, encoding: str, compress: Callable[[bytes], bytes]
+    ) -> None:
+        """Each encoding it asks for decodes; exactly MAX_BODY_BYTES decoded is accepted."""
+        body = b"{}" + b" " * (MAX_BODY_BYTES - 2)
+        stream = httpx.ByteStream(compress(body))
+        assert await read_body(in_memory(stream, content_encoding=encoding)) == body
+
+    async def test_decoded_one_byte_over_is_refused(self) -> None:
+        """MAX_BODY_BYTES + 1 decoded bytes are BodyTooLarge, though few arrived."""
+        packed = gzip.compress(b" " * (MAX_BODY_BYTES + 1))
+        with pytest.raises(BodyTooLarge, match="decoded"):
+            await read_body(in_memory(httpx.ByteStream(packed), content_encoding="gzip"))
+
+    async def test_gzip_bomb_never_inflates_in_memory(self) -> None:
+        """A 60 KB gzip of 60 MB: refused with a peak of well under 1 MB allocated."""
+        packed = gzip.compress(b" " * (60 * 1024 * 1024), compresslevel=9)
+        assert len(packed) < MAX_BODY_BYTES
+        tracemalloc.start()
+        try:
+            with pytest.raises(BodyTooLarge):
+                await read_body(in_memory(httpx.ByteStream(packed), content_encoding="gzip"))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 1024 * 1024
+
+    @pytest.mark.parametrize(
+        ("encoding", "data", "error"),
+        [
+            ("br", b"\x0b\x02\x80{}\x03", UnsupportedEncoding),
+            ("zstd", b"(\xb5/\xfd", UnsupportedEncoding),
+            ("gzip, gzip", gzip.compress(gzip.compress(b"{}")), UnsupportedEncoding),
+            ("gzip", b"not gzip", httpx.DecodingError),
+            ("gzip", gzip.compress(b'{"access_token": "x"}')[:-12], httpx.DecodingError),
+            ("gzip", b"", httpx.DecodingError),
+        ],
+        ids=["br", "zstd", "double-gzip", "garbage", "truncated", "empty"],
+    )
+    async def test_undecodable_bodies(
+        self, encoding: str, data: bytes, error: type[Exception]
+    ) -> None:
+        """Encodings not asked for, garbage and truncated gzip are decoding errors."""
+        with pytest.raises(error):
+            await read_body(in_memory(httpx.ByteStream(data), content_encoding=encoding))

@@ -6,6 +6,7 @@ Every reply is served by pytest-httpx; nothing leaves the process and nothing sl
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import traceback
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from wxtokend.errors import (
     UnknownErrcodeError,
 )
 from wxtokend.redact import Redactor, Secret
+from wxtokend.transport import MAX_BODY_BYTES
 from wxtokend.wechat import (
     ERRCODES,
     MAX_TOKEN_LENGTH,
@@ -451,6 +453,62 @@ class TestTransportFailures:
                 await client.fetch_token(make_app())
         finally:
             await client.aclose()
+
+
+class TestBodyCap:
+    """Whatever the transport, a reply body is read only up to MAX_BODY_BYTES, decoded too."""
+
+    @pytest.mark.parametrize("grant", GRANTS)
+    @pytest.mark.anyio
+    async def test_reply_of_exactly_the_cap_is_accepted(
+        self, httpx_mock: HTTPXMock, grant: Grant
+    ) -> None:
+        """A token reply padded to exactly MAX_BODY_BYTES is a token."""
+        body = json.dumps(token_reply()).encode()
+        reply(httpx_mock, grant, content=body + b" " * (MAX_BODY_BYTES - len(body)))
+        assert (await fetch(make_app(grant))).access_token == TOKEN
+
+    @pytest.mark.parametrize("encoding", ["", "gzip"])
+    @pytest.mark.parametrize("grant", GRANTS)
+    @pytest.mark.anyio
+    async def test_one_byte_over_is_malformed(
+        self, httpx_mock: HTTPXMock, grant: Grant, encoding: str
+    ) -> None:
+        """One byte over, sent plain or gzip-inflated, is a MalformedResponse naming the cap."""
+        body = json.dumps(token_reply()).encode()
+        body += b" " * (MAX_BODY_BYTES + 1 - len(body))
+        headers = {"Content-Encoding": encoding} if encoding else {}
+        reply(httpx_mock, grant, content=gzip.compress(body) if encoding else body, headers=headers)
+        exc = await fetch_error(make_app(grant))
+        assert type(exc) is MalformedResponse
+        assert "over 64 KiB" in str(exc)
+        assert "api_base" in exc.hint
+        assert TOKEN not in error_text(exc)
+
+    @pytest.mark.anyio
+    async def test_error_status_body_is_never_read(self, httpx_mock: HTTPXMock) -> None:
+        """A 502 is judged by its status: its (huge, bomb) body does not matter."""
+        bomb = gzip.compress(b" " * (32 * 1024 * 1024))
+        reply(httpx_mock, status_code=502, content=bomb, headers={"Content-Encoding": "gzip"})
+        exc = await fetch_error(make_app())
+        assert type(exc) is TransientError
+        assert "HTTP 502" in str(exc)
+
+    @pytest.mark.anyio
+    async def test_asks_only_for_encodings_it_can_bound(self, httpx_mock: HTTPXMock) -> None:
+        """Accept-Encoding is gzip and deflate only: never br or zstd."""
+        reply(httpx_mock, json=token_reply())
+        await fetch(make_app())
+        (request,) = httpx_mock.get_requests()
+        assert request.headers["accept-encoding"] == "gzip, deflate"
+
+    @pytest.mark.anyio
+    async def test_brotli_reply_is_malformed(self, httpx_mock: HTTPXMock) -> None:
+        """A Content-Encoding not asked for is a MalformedResponse that names it."""
+        reply(httpx_mock, content=b"\x0b\x02\x80{}\x03", headers={"Content-Encoding": "br"})
+        exc = await fetch_error(make_app())
+        assert type(exc) is MalformedResponse
+        assert "'br'" in str(exc)
 
 
 MALFORMED_BODIES: list[Any] = [

@@ -16,16 +16,52 @@ Every aiohttp failure is raised as the httpx error the client already handles::
     ClientPayloadError                -> httpx.ReadError
     ClientResponseError (bad HTTP)    -> httpx.RemoteProtocolError
     any other ClientError             -> httpx.NetworkError
+
+Nothing from upstream is trusted to be small: the body comes back as a stream, and
+:func:`read_body` is the one reader of it, refusing more than :data:`MAX_BODY_BYTES`
+on the wire or after Content-Encoding decoding (a gzip bomb inflates ~1000 times), and
+never holding more than that plus one chunk. A reply head is at most 128 lines of 8 KiB.
+Redirects are never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
+from collections.abc import AsyncIterator
+from typing import Final
 
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+__all__ = [
+    "ACCEPT_ENCODING",
+    "MAX_BODY_BYTES",
+    "AiohttpTransport",
+    "BodyTooLarge",
+    "UnsupportedEncoding",
+    "read_body",
+]
+
+# Token and ticket replies are ~200 bytes; 64 KiB leaves room for any error page
+# worth reading while a 100 MB or endless reply costs at most this much memory.
+MAX_BODY_BYTES: Final = 64 * 1024
+# What read_body can decode within the cap; asked for explicitly so a brotli or zstd
+# module installed beside httpx never widens what upstream may send.
+ACCEPT_ENCODING: Final = "gzip, deflate"
+_CHUNK: Final = 16 * 1024
+_MAX_HEADERS: Final = 128  # WeChat sends about ten
+_MAX_LINE: Final = 8190
+_ZLIB_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 15}
+
+
+class BodyTooLarge(httpx.DecodingError):
+    """The reply body (as sent, or once decoded) is over the cap: cut off, never buffered."""
+
+
+class UnsupportedEncoding(httpx.DecodingError):
+    """A Content-Encoding wxtokend did not ask for and cannot decode within the cap."""
+
 
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
     # Most specific first: aiohttp's timeout errors are also connection errors.
@@ -67,18 +103,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 cookie_jar=aiohttp.DummyCookieJar(),  # WeChat sets none; keep no state
                 auto_decompress=False,  # httpx decodes per Content-Encoding
                 trust_env=False,  # a proxy is configured explicitly, never inherited
+                # aiohttp reads ahead up to twice this before pausing the socket: one chunk.
+                read_bufsize=_CHUNK,
+                # A head is at most this many lines of this size; more is a protocol error.
+                max_headers=_MAX_HEADERS,
+                max_line_size=_MAX_LINE,
+                max_field_size=_MAX_LINE,
             )
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
         try:
-            async with self._pool().request(
+            reply = await self._pool().request(
                 request.method,
                 str(request.url),
                 headers=dict(request.headers),
                 data=request.content or None,
-                allow_redirects=False,
+                allow_redirects=False,  # a 3xx is an answer to judge, never a place to go
                 proxy=self._proxy,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
@@ -86,14 +128,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_connect=timeout.get("connect"),
                     sock_read=timeout.get("read"),
                 ),
-            ) as reply:
-                body = await reply.read()
+            )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _translated(exc) from None
+        # The body stays on the socket until someone reads it, so a caller can stop
+        # reading at a cap (or not read at all) instead of getting it all buffered.
         return httpx.Response(
             reply.status,
             headers=list(reply.raw_headers),
-            stream=httpx.ByteStream(body),
+            stream=_ReplyStream(reply),
             request=request,
         )
 
@@ -102,6 +145,75 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class _ReplyStream(httpx.AsyncByteStream):
+    """An aiohttp reply body read chunk by chunk, its failures raised as httpx errors."""
+
+    def __init__(self, reply: aiohttp.ClientResponse) -> None:
+        self._reply = reply
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._reply.content.iter_chunked(_CHUNK):
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _translated(exc) from None
+
+    async def aclose(self) -> None:
+        if self._reply.content.is_eof():
+            self._reply.release()  # read to the end: the connection goes back to the pool
+        else:
+            self._reply.close()  # left unread (cut off at the cap): never drain it
+
+
+async def read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
+    """``response``'s body, decoded per its Content-Encoding; :class:`BodyTooLarge` as
+    soon as more than ``limit`` bytes arrive or would come out of the decoder.
+
+    httpx's own decoders inflate a whole chunk at once, so a 16 KiB gzip chunk can
+    become 16 MB; here zlib is told how much output it may produce.
+    """
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"reply announces {int(declared)} bytes, over the {limit}-byte cap")
+    decoder = _decoder(response.headers.get("content-encoding", ""))
+    body = bytearray()
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLarge(f"reply body is over the {limit}-byte cap")
+        body += _inflate(decoder, chunk, limit - len(body), limit) if decoder else chunk
+    if decoder is not None and not decoder.eof:
+        raise httpx.DecodingError("compressed reply body ends early")
+    return bytes(body)
+
+
+def _decoder(header: str) -> zlib._Decompress | None:
+    encodings = [e.strip().lower() for e in header.split(",") if e.strip()]
+    encodings = [e for e in encodings if e != "identity"]
+    if not encodings:
+        return None
+    if len(encodings) > 1 or encodings[0] not in _ZLIB_WBITS:
+        raise UnsupportedEncoding(
+            f"reply has Content-Encoding {header[:40]!r}, not gzip or deflate"
+        )
+    return zlib.decompressobj(_ZLIB_WBITS[encodings[0]])
+
+
+def _inflate(decoder: zlib._Decompress, data: bytes, room: int, limit: int) -> bytes:
+    """At most ``room`` bytes decoded from ``data``; BodyTooLarge if there is more.
+
+    zlib stops at ``room + 1`` bytes of output, so more than that never exists in memory.
+    """
+    try:
+        out = decoder.decompress(data, room + 1)
+    except zlib.error:
+        raise httpx.DecodingError("reply body is not valid gzip/deflate") from None
+    if len(out) > room:
+        raise BodyTooLarge(f"decoded reply body is over the {limit}-byte cap")
+    return out
 
 
 def _translated(exc: BaseException) -> httpx.TransportError:
@@ -121,6 +233,6 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return exc.message
-    return str(exc) or "no detail"
+    text = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    # One line, however many the server's bytes (quoted by the parser) would span.
+    return " ".join(text.split())[:200] or "no detail"

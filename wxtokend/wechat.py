@@ -32,7 +32,13 @@ from wxtokend.errors import (
     UnknownErrcodeError,
 )
 from wxtokend.redact import Redactor
-from wxtokend.transport import AiohttpTransport
+from wxtokend.transport import (
+    ACCEPT_ENCODING,
+    MAX_BODY_BYTES,
+    AiohttpTransport,
+    BodyTooLarge,
+    read_body,
+)
 
 __all__ = [
     "ERRCODES",
@@ -278,7 +284,7 @@ class WeChatClient:
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             transport=transport,
-            headers={"User-Agent": f"wxtokend/{__version__}"},
+            headers={"User-Agent": f"wxtokend/{__version__}", "Accept-Encoding": ACCEPT_ENCODING},
             trust_env=False,
             follow_redirects=False,
         )
@@ -359,10 +365,10 @@ class WeChatClient:
         started = self._clock.now()
         error: FetchError
         try:
-            # httpx's timeout bounds each phase; this bounds the whole exchange, so a
-            # reply trickling in cannot hold a concurrency slot indefinitely.
+            # httpx's timeout bounds each phase; this bounds the whole exchange, body
+            # included, so a reply dripping in cannot hold a concurrency slot for long.
             async with asyncio.timeout(self._timeout):
-                response = await self._send(request)
+                status, body = await self._send(request)
         except TimeoutError:
             error = TransientError("timed out (whole request)", hint=_NETWORK_HINT)
         except httpx.TimeoutException as exc:
@@ -376,10 +382,16 @@ class WeChatClient:
             error = TransientError(
                 f"connection failed: {self._safe(exc, app, *extra)}", hint=_NETWORK_HINT
             )
+        except BodyTooLarge:
+            error = MalformedResponse(
+                f"reply body over {MAX_BODY_BYTES // 1024} KiB: cut off unread",
+                hint="retrying with backoff; a token reply is a few hundred bytes, so api_base"
+                " (or proxy) leads to something that is not the WeChat API",
+            )
         except httpx.HTTPError as exc:  # e.g. a body that fails its Content-Encoding
             error = MalformedResponse(f"unreadable reply: {self._safe(exc, app, *extra)}")
         else:
-            return self._decode(response)
+            return self._decode(status, body)
         finally:
             if self._on_request is not None:
                 self._on_request(app.name, endpoint, self._clock.now() - started)
@@ -387,28 +399,34 @@ class WeChatClient:
         # quote the URL with the secret) is chained as __context__.
         raise error
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
+    async def _send(self, request: httpx.Request) -> tuple[int, bytes]:
+        """The reply's status and (for a 200 only) its body, read within the cap."""
         # Straight to the transport: the client's send() adds auth, redirects and a cookie
         # jar, none of which WeChat calls use, and cost ~10 % of the loop at 10,000 apps.
         # The request was built by the client, so it carries its headers and timeouts.
         response = await self._transport.handle_async_request(request)
         try:
-            await response.aread()
+            # Any other status is judged by its number alone: its body is never read.
+            body = await read_body(response) if response.status_code == 200 else b""
         finally:
             await response.aclose()
-        return response
+        return response.status_code, body
 
-    def _decode(self, response: httpx.Response) -> Any:
-        status = response.status_code
+    def _decode(self, status: int, body: bytes) -> Any:
         if status >= 500 or status in (408, 429):
             raise TransientError(f"HTTP {status} from WeChat", hint=_NETWORK_HINT)
+        if 300 <= status < 400:
+            raise FatalConfigError(
+                f"HTTP {status} redirect from {self._base} (redirects are never followed)",
+                hint="api_base or proxy does not lead to the WeChat API: check both",
+            )
         if status != 200:
             raise FatalConfigError(
                 f"HTTP {status} from {self._base}",
                 hint="api_base or proxy does not lead to the WeChat API: check both",
             )
         try:
-            return json.loads(response.content)
+            return json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             pass
         raise MalformedResponse("reply is not JSON (truncated or garbage)")
