@@ -142,7 +142,7 @@ class Limits:
     max_connections: int = 10_000
     header_timeout: float = 10.0
     shed_timeout: float = 1.0
-    keep_alive: float = 5.0
+    keep_alive: int = 5
     max_header_bytes: int = 16 * 1024
     always_served: frozenset[str] = frozenset({"/healthz", "/readyz"})
 
@@ -174,36 +174,33 @@ class _GuardedH11(H11Protocol):
     limits: ClassVar[Limits] = Limits()
     cap: ClassVar[int] = Limits().max_connections
     _deadline: asyncio.TimerHandle | None = None
+    _patience: float = 0.0  # for each request's headers on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._patience = self.limits.header_timeout
         if len(self.connections) > self.cap:
             self.app = _shed(self.app, self.limits.always_served)
-            self._arm(self.limits.shed_timeout)
-        else:
-            self._arm(self.limits.header_timeout)
+            self._patience = self.limits.shed_timeout
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            super().data_received(data)
-        except Exception:  # e.g. h11 on a 5,000-digit Content-Length: not a traceback
-            self._answer_and_close(b"400 Bad Request", b"invalid HTTP request")
-            return
-        if self.conn.their_state is not h11.IDLE:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the headers are in: the app's turn
             self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm(self.limits.header_timeout)
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expire)
+        self._deadline = self.loop.call_later(self._patience, self._expire)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -211,20 +208,15 @@ class _GuardedH11(H11Protocol):
             self._deadline = None
 
     def _expire(self) -> None:
+        """Answer 408 and close, written raw: there is no request for h11 to answer."""
         self._deadline = None
-        if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
-            self._answer_and_close(b"408 Request Timeout", b"request headers not received in time")
-
-    def _answer_and_close(self, status: bytes, message: bytes) -> None:
-        """A last answer written raw: h11's own state may be the thing that broke."""
-        if self.transport.is_closing():
+        idle = self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
+        if not idle or self.transport.is_closing():
             return
+        message = b"request headers not received in time"
         self.transport.write(
-            b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: "
-            + str(len(message)).encode()
-            + b"\r\nconnection: close\r\n\r\n"
-            + message
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message)
         )
         self.transport.close()
 
@@ -266,7 +258,7 @@ async def serve(
         ws="none",
         proxy_headers=proxy_headers,
         timeout_graceful_shutdown=1,
-        timeout_keep_alive=int(limits.keep_alive),
+        timeout_keep_alive=limits.keep_alive,
         h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     config.load()
