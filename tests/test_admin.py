@@ -552,6 +552,21 @@ class TestPassiveLimits:
 SDK_PARAMS = {"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET}
 
 
+def count_comparisons(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every secret the SDK endpoints compare from now on, in order."""
+    from wxtokend import sdk
+
+    compared: list[str] = []
+    real = sdk._secret_matches
+
+    def counting(given: str, expected: str) -> bool:
+        compared.append(given)
+        return real(given, expected)
+
+    monkeypatch.setattr(sdk, "_secret_matches", counting)
+    return compared
+
+
 @pytest.mark.anyio
 class TestHostileBodies:
     """Bodies that are too big or not what an endpoint takes: 413 or 400 with a reason."""
@@ -745,18 +760,22 @@ class TestBruteForce:
         self, world: World, monkeypatch: pytest.MonkeyPatch, appid: str, errcode: int
     ) -> None:
         """A wrong secret is compared once whether or not the appid exists (a dummy if not)."""
-        from wxtokend import sdk
-
-        compared: list[str] = []
-        real = sdk._secret_matches
-
-        def counting(given: str, expected: str) -> bool:
-            compared.append(given)
-            return real(given, expected)
-
-        monkeypatch.setattr(sdk, "_secret_matches", counting)
+        compared = count_comparisons(monkeypatch)
         answer = await world.admin.get(
             "/cgi-bin/token", params={**SDK_PARAMS, "appid": appid, "secret": "guess"}
         )
         assert answer.json()["errcode"] == errcode
         assert compared == ["guess"]
+
+    async def test_wecom_gettoken_is_limited_too(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Unknown corpids count as failures, each compared once against a dummy secret."""
+        compared = count_comparisons(monkeypatch)
+        params = {"corpid": "ww0000000000000bad", "corpsecret": "guess"}
+        codes = [
+            (await world.admin.get("/cgi-bin/gettoken", params=params)).json()["errcode"]
+            for _ in range(11)
+        ]
+        assert codes == [40013] * 10 + [45011]
+        assert compared == ["guess"] * 10
