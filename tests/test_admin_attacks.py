@@ -231,6 +231,26 @@ def _percentiles(seconds: list[float]) -> str:
     return f"p50 {p50:.1f} ms / max {top:.1f} ms ({len(ordered)} probes)"
 
 
+class TestOpenFileLimit:
+    """A low soft open-file limit would cap connections far below the hard one."""
+
+    def test_soft_limit_raised_to_hard(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory
+    ) -> None:
+        """Started with a soft limit of 256, the daemon runs with soft = hard."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        try:  # the daemon inherits the low limit
+            _, d = start(emulator, daemon)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        limits = Path(f"/proc/{d.pid}/limits").read_text().splitlines()
+        line = next(x for x in limits if x.startswith("Max open files"))
+        daemon_soft, daemon_hard = line.split()[3:5]
+        assert daemon_soft == daemon_hard
+        assert daemon_hard == ("unlimited" if hard == resource.RLIM_INFINITY else str(hard))
+
+
 class TestSlowClients:
     """Slow clients holding half-sent requests block nobody and are cut off by the deadline."""
 
