@@ -1,10 +1,13 @@
-"""Requests from outside: headers and bodies capped in size and time, JSON parsed by one validator.
+"""Requests from outside: headers and bodies capped in size and time; one JSON validator.
 
-:class:`RequestGuard` wraps an ASGI app. A declared ``Content-Length`` over the
-limit is answered 413 before a byte of the body is read; a chunked body is
-counted while it arrives and cut off the same way; a body not finished within
-the deadline is answered 408. Either way the connection is closed, so the
-rest of a body is never read. The app then receives the whole body at once.
+:class:`RequestGuard` wraps an ASGI app. A request line and headers over
+:data:`HEADER_LIMIT` bytes in all are answered 431 (h11 caps only headers still
+arriving; a block that arrives in one piece is parsed whatever its size). A
+declared ``Content-Length`` over the limit is answered 413 before a byte of the
+body is read; a chunked body is counted while it arrives and cut off the same
+way; a body not finished within the deadline is answered 408. Either way the
+connection is closed, so the rest of a body is never read. The app then
+receives the whole body at once.
 
 :func:`json_object` is the one parser for JSON bodies: whatever is wrong with
 one (not UTF-8, not JSON, nested past reason, a number of thousands of digits,
