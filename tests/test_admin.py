@@ -547,3 +547,235 @@ class TestPassiveLimits:
         world.clock.t += 1000
         assert shop.stuck(fetch_limit=10) is None
         queued.cancel()
+
+
+SDK_PARAMS = {"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET}
+
+
+def count_comparisons(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every secret the SDK endpoints compare from now on, in order."""
+    from wxtokend import sdk
+
+    compared: list[str] = []
+    real = sdk._secret_matches
+
+    def counting(given: str, expected: str) -> bool:
+        compared.append(given)
+        return real(given, expected)
+
+    monkeypatch.setattr(sdk, "_secret_matches", counting)
+    return compared
+
+
+@pytest.mark.anyio
+class TestHostileBodies:
+    """Bodies that are too big or not what an endpoint takes: 413 or 400 with a reason."""
+
+    @pytest.mark.parametrize(
+        ("body", "says"),
+        [
+            (b"", "body is not JSON"),
+            (b"{", "body is not JSON"),
+            (b'{"access_token": "\xff\xfe"}', "body is not UTF-8"),
+            (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+            (b'{"fingerprint": ' + b"9" * 5000 + b"}", "body is not JSON"),
+            (b'{"access_token": NaN}', "NaN is not a JSON number"),
+            (b"[]", "JSON list, not an object"),
+            (b'"x"', "JSON str, not an object"),
+            (b'{"access_token": 5}', 'send JSON {"access_token"'),
+            (b'{"fingerprint": ["1a2b3c4d"]}', 'send JSON {"access_token"'),
+            (b'{"access_token": 1e999}', 'send JSON {"access_token"'),
+        ],
+    )
+    async def test_refresh_bad_bodies(self, world: World, body: bytes, says: str) -> None:
+        """Each malformed report is a 400 naming what is wrong and how to send it."""
+        answer = await world.admin.post("/v1/apps/shop/refresh", content=body)
+        assert answer.status_code == 400
+        assert says in answer.json()["error"]
+
+    async def test_signature_bad_body(self, world: World) -> None:
+        """The signing endpoint parses with the same validator."""
+        answer = await world.admin.post("/v1/apps/shop/jssdk-signature", content=b"\xff")
+        assert answer.status_code == 400
+        assert answer.json()["error"].startswith("body is not UTF-8")
+
+    @pytest.mark.parametrize(
+        ("path", "limit"),
+        [("/v1/apps/shop/refresh", 16 * 1024), ("/cgi-bin/stable_token", 4 * 1024)],
+    )
+    async def test_over_the_limit_is_413(self, world: World, path: str, limit: int) -> None:
+        """One byte over the endpoint's limit is 413; at the limit it is parsed."""
+        padding = b'{"x": "' + b"a" * (limit - 9) + b'"}'
+        assert len(padding) == limit
+        assert (await world.admin.post(path, content=padding)).status_code != 413
+        answer = await world.admin.post(path, content=padding + b" ")
+        assert answer.status_code == 413
+        assert answer.json() == {"error": f"request body over {limit} bytes"}
+
+    async def test_chunked_over_the_limit_is_413(self, world: World) -> None:
+        """A body without Content-Length is counted as it arrives and cut off."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(40):
+                yield b"a" * 1024
+
+        answer = await world.admin.post("/v1/apps/shop/refresh", content=chunks())
+        assert answer.status_code == 413
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {**SDK_PARAMS, "appid": ["x"]},
+            {**SDK_PARAMS, "secret": 12345},
+            {**SDK_PARAMS, "grant_type": None},
+        ],
+    )
+    async def test_stable_token_wrong_types(self, world: World, body: dict[str, object]) -> None:
+        """Non-string fields are WeChat's 47001, never stringified into a lookup."""
+        await world.fetch_all()
+        answer = await world.admin.post("/cgi-bin/stable_token", json=body)
+        assert answer.json() == {"errcode": 47001, "errmsg": "data format error"}
+
+    async def test_lone_surrogate_secret(self, world: World) -> None:
+        """A secret JSON can carry but UTF-8 cannot is a wrong secret, not a 500."""
+        body = b'{"grant_type": "client_credential", "appid": "%s", "secret": "\\ud800"}'
+        answer = await world.admin.post("/cgi-bin/stable_token", content=body % SHOP.appid.encode())
+        assert answer.json()["errcode"] == 40125
+
+
+@pytest.mark.anyio
+class TestHostilePaths:
+    """App names with path characters and unknown paths: JSON 404s, nothing else."""
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "..%2F..",
+            "..%2F..%2Fsecrets%2Fshop",
+            "%00",
+            "shop%00",
+            "a" * 5000,
+            "%E5%BA%97",
+            "%2e%2e",
+        ],
+    )
+    @pytest.mark.parametrize("suffix", ["", "/refresh"])
+    async def test_names_are_unknown_apps(self, world: World, name: str, suffix: str) -> None:
+        """Each is 404 'no app named ...' with the app list, the name cut to 64 characters."""
+        send = world.admin.get if not suffix else world.admin.post
+        answer = await send(f"/v1/apps/{name}{suffix}")
+        assert answer.status_code == 404
+        body = answer.json()
+        assert body["error"].startswith("no app named ")
+        assert len(body["error"]) < 100
+        assert body["apps"] == ["mini", "shop"]
+
+    async def test_unknown_paths_and_methods_are_json(self, world: World) -> None:
+        """Unknown paths are a JSON 404 listing the endpoints; a wrong method a JSON 405."""
+        missing = await world.admin.get("/etc/passwd")
+        assert missing.status_code == 404
+        assert "use /healthz" in missing.json()["error"]
+        wrong = await world.admin.delete("/v1/apps")
+        assert wrong.status_code == 405
+        assert "Method Not Allowed" in wrong.json()["error"]
+
+    @pytest.mark.parametrize("path", ["/", "/v1/apps", "/v1/apps/shop", "/cgi-bin/token"])
+    async def test_probe_listener_has_only_probes(self, world: World, path: str) -> None:
+        """On the probe listener every other path is a JSON 404 naming the three it serves."""
+        answer = await world.probe.get(path)
+        assert answer.status_code == 404
+        assert "serves only /healthz, /readyz, /metrics" in answer.json()["error"]
+
+    async def test_probe_listener_bodies_are_guarded(self, world: World) -> None:
+        """The same body guard stands in front of the probe listener."""
+        answer = await world.probe.post("/healthz", content=b"a" * (16 * 1024 + 1))
+        assert answer.status_code == 413
+
+
+@pytest.mark.anyio
+class TestBruteForce:
+    """Wrong SDK credentials are limited per client; a wrong secret costs one comparison."""
+
+    def client(self, world: World, host: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=admin_app(world.daemon), client=(host, 1234))
+        return httpx.AsyncClient(transport=transport, base_url="http://admin")
+
+    async def test_limit_then_45011_until_a_minute_passed(self, world: World) -> None:
+        """After 10 wrong secrets a client gets 45011 with Retry-After, even with the right one."""
+        await world.fetch_all()
+        wrong = {**SDK_PARAMS, "secret": "guess"}
+        admin = world.admin  # one app instance: one limiter
+        codes = [(await admin.get("/cgi-bin/token", params=wrong)).json()["errcode"]]
+        codes += [
+            (await admin.post("/cgi-bin/stable_token", json={**wrong, "appid": f"wx{n}"})).json()[
+                "errcode"
+            ]
+            for n in range(9)
+        ]
+        assert codes == [40125] + [40013] * 9
+        blocked = await admin.get("/cgi-bin/token", params=SDK_PARAMS)
+        assert blocked.json()["errcode"] == 45011
+        assert blocked.headers["Retry-After"] == "60"
+        world.clock.t += 30
+        blocked = await admin.post("/cgi-bin/stable_token", json=SDK_PARAMS)
+        assert blocked.json()["errcode"] == 45011
+        assert blocked.headers["Retry-After"] == "30"
+        world.clock.t += 30
+        answer = await admin.get("/cgi-bin/token", params=SDK_PARAMS)
+        assert answer.json()["access_token"] == world.token("shop")
+
+    async def test_other_clients_unaffected(self, world: World) -> None:
+        """One peer's failures leave another peer's requests alone."""
+        await world.fetch_all()
+        app = admin_app(world.daemon)
+        clients = [
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=(host, 1)), base_url="http://a"
+            )
+            for host in ("10.0.0.1", "10.0.0.2")
+        ]
+        attacker, other = clients
+        for _ in range(12):
+            await attacker.get("/cgi-bin/token", params={**SDK_PARAMS, "secret": "guess"})
+        assert (await attacker.get("/cgi-bin/token", params=SDK_PARAMS)).json()["errcode"] == 45011
+        answer = await other.get("/cgi-bin/token", params=SDK_PARAMS)
+        assert answer.json()["access_token"] == world.token("shop")
+        for client in clients:
+            await client.aclose()
+
+    async def test_successes_and_other_errors_are_not_counted(self, world: World) -> None:
+        """Right secrets, missing fields and bad bodies never use up the allowance."""
+        await world.fetch_all()
+        for _ in range(15):
+            await world.admin.get("/cgi-bin/token", params=SDK_PARAMS)
+            await world.admin.get("/cgi-bin/token", params={"grant_type": "client_credential"})
+            await world.admin.post("/cgi-bin/stable_token", content=b"{")
+        answer = await world.admin.get("/cgi-bin/token", params=SDK_PARAMS)
+        assert answer.json()["access_token"] == world.token("shop")
+
+    @pytest.mark.parametrize(
+        ("appid", "errcode"), [(SHOP.appid, 40125), ("wx0000000000000bad", 40013)]
+    )
+    async def test_known_and_unknown_appid_cost_the_same(
+        self, world: World, monkeypatch: pytest.MonkeyPatch, appid: str, errcode: int
+    ) -> None:
+        """A wrong secret is compared once whether or not the appid exists (a dummy if not)."""
+        compared = count_comparisons(monkeypatch)
+        answer = await world.admin.get(
+            "/cgi-bin/token", params={**SDK_PARAMS, "appid": appid, "secret": "guess"}
+        )
+        assert answer.json()["errcode"] == errcode
+        assert compared == ["guess"]
+
+    async def test_wecom_gettoken_is_limited_too(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Unknown corpids count as failures, each compared once against a dummy secret."""
+        compared = count_comparisons(monkeypatch)
+        params = {"corpid": "ww0000000000000bad", "corpsecret": "guess"}
+        codes = [
+            (await world.admin.get("/cgi-bin/gettoken", params=params)).json()["errcode"]
+            for _ in range(11)
+        ]
+        assert codes == [40013] * 10 + [45011]
+        assert compared == ["guess"] * 10

@@ -9,16 +9,18 @@ either shows a token; status pages show fingerprints.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wxtokend.clock import iso
 from wxtokend.config import AppConfig
+from wxtokend.guard import DEFAULT_BODY_LIMIT, BadBody, RequestGuard, json_object
 from wxtokend.jssdk import jssdk_config
 from wxtokend.metrics import CONTENT_TYPE
 from wxtokend.refresher import AppStatus, Passive
@@ -60,12 +62,45 @@ def describe(status: AppStatus, now: float) -> dict[str, Any]:
     return data
 
 
+# What an SDK's stable_token body needs is ~120 bytes; the admin's JSON bodies, a URL or a token.
+_SDK_BODY_LIMIT = 4 * 1024
+_PROBE_PATHS = "/healthz, /readyz, /metrics"
+
+
 def probe_app(daemon: Daemon) -> Starlette:
-    return Starlette(routes=_probe_routes(daemon))
+    return _hardened(_probe_routes(daemon), f"this listener serves only {_PROBE_PATHS}")
 
 
 def admin_app(daemon: Daemon) -> Starlette:
-    return Starlette(routes=[*_probe_routes(daemon), *_api_routes(daemon), *sdk_routes(daemon)])
+    routes = [*_probe_routes(daemon), *_api_routes(daemon), *sdk_routes(daemon)]
+    return _hardened(routes, f"use {_PROBE_PATHS}, /v1/apps or the SDK's /cgi-bin/ paths")
+
+
+def _hardened(routes: list[Route], endpoints: str) -> Starlette:
+    """The routes behind the body guard, with JSON answers for unknown paths and methods."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no endpoint {_quoted(request.url.path)}: {endpoints}"
+        else:
+            message = f"{request.method} {_quoted(request.url.path)}: {exc.detail}"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestGuard, limit=_body_limit)],
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+def _body_limit(path: str) -> int:
+    return _SDK_BODY_LIMIT if path.startswith("/cgi-bin/") else DEFAULT_BODY_LIMIT
+
+
+def _quoted(text: str, limit: int = 64) -> str:
+    """``text`` for an error message: repr'd (so NULs and controls show) and cut short."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def _probe_routes(daemon: Daemon) -> list[Route]:
@@ -112,12 +147,13 @@ def _api_routes(daemon: Daemon) -> list[Route]:
         refresher = daemon.find(request.path_params["name"])
         if refresher is None:
             return _unknown_app(daemon, request.path_params["name"])
+        usage = 'send JSON {"url": "<the page URL>"}'
         try:
-            body = json.loads(await request.body() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-            return JSONResponse({"error": 'send JSON {"url": "<the page URL>"}'}, status_code=400)
+            body = json_object(await request.body())
+        except BadBody as exc:
+            return JSONResponse({"error": f"{exc}: {usage}"}, status_code=400)
+        if not isinstance(body.get("url"), str):
+            return JSONResponse({"error": usage}, status_code=400)
         try:
             fields = sign_page(
                 daemon, refresher.app.name, body["url"], agent=body.get("agent") is True
@@ -137,11 +173,16 @@ def _api_routes(daemon: Daemon) -> list[Route]:
         answer = await refresher.report_rejected(token=token, token_fingerprint=token_fingerprint)
         return passive_response(answer, daemon.clock.now())
 
+    async def no_such_app(request: Request) -> Response:
+        """Any other path under /v1/apps/ (``..%2F..``, a slash in a name) names no app."""
+        return _unknown_app(daemon, request.path_params["rest"])
+
     return [
         Route("/v1/apps", apps, methods=["GET"]),
         Route("/v1/apps/{name}", one_app, methods=["GET"]),
         Route("/v1/apps/{name}/refresh", refresh, methods=["POST"]),
         Route("/v1/apps/{name}/jssdk-signature", jssdk_signature, methods=["POST"]),
+        Route("/v1/apps/{rest:path}", no_such_app, methods=["GET", "POST"]),
     ]
 
 
@@ -205,11 +246,9 @@ async def _read_report(request: Request) -> tuple[str | None, str | None] | Resp
         ' digits>"}'
     )
     try:
-        body = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        return JSONResponse({"error": f"body is not JSON: {usage}"}, status_code=400)
-    if not isinstance(body, dict):
-        return JSONResponse({"error": usage}, status_code=400)
+        body = json_object(await request.body())
+    except BadBody as exc:
+        return JSONResponse({"error": f"{exc}: {usage}"}, status_code=400)
     token, token_fingerprint = body.get("access_token"), body.get("fingerprint")
     if isinstance(token, str) and token:
         return token, None
@@ -220,4 +259,4 @@ async def _read_report(request: Request) -> tuple[str | None, str | None] | Resp
 
 def _unknown_app(daemon: Daemon, name: str) -> Response:
     known = sorted(daemon.refreshers)[:20]
-    return JSONResponse({"error": f"no app named {name!r}", "apps": known}, status_code=404)
+    return JSONResponse({"error": f"no app named {_quoted(name)}", "apps": known}, status_code=404)

@@ -7,20 +7,37 @@ driven here directly, on sockets bound by the caller.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
 import os
+import resource
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
+import h11
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["Listen", "base_url", "bind", "parse_listen", "serve", "tcp_listener"]
+from wxtokend.guard import refuse
+
+__all__ = [
+    "Limits",
+    "Listen",
+    "base_url",
+    "bind",
+    "connection_cap",
+    "parse_listen",
+    "raise_open_file_limit",
+    "serve",
+    "tcp_listener",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,16 +126,131 @@ def base_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What one listener grants a client that may be hostile.
+
+    ``max_connections`` open connections are served normally (fewer if the
+    open-file limit is low, see :func:`connection_cap`); each one beyond that
+    gets ``shed_timeout`` s to send a request, answered 503 unless it is one
+    of ``always_served`` (the probes). A request's headers must arrive within
+    ``header_timeout`` s of the connection (or of the previous response) and
+    within ``max_header_bytes``; an idle keep-alive connection is closed after
+    ``keep_alive`` s.
+    """
+
+    max_connections: int = 10_000
+    header_timeout: float = 10.0
+    shed_timeout: float = 1.0
+    keep_alive: int = 5
+    max_header_bytes: int = 16 * 1024
+    always_served: frozenset[str] = frozenset({"/healthz", "/readyz"})
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (a low soft limit caps connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    return int(soft)
+
+
+def connection_cap(limits: Limits, open_files: int) -> int:
+    """Connections one listener serves normally: half the file limit, less room for the rest."""
+    return min(limits.max_connections, max(16, open_files // 2 - 128))
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on request headers and a connection cap.
+
+    uvicorn times out only an idle keep-alive connection, and any byte received
+    cancels that: a client sending headers a byte at a time, or connecting and
+    sending nothing, would hold its connection for ever.
+    """
+
+    limits: ClassVar[Limits] = Limits()
+    cap: ClassVar[int] = Limits().max_connections
+    _deadline: asyncio.TimerHandle | None = None
+    _patience: float = 0.0  # for each request's headers on this connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._patience = self.limits.header_timeout
+        if len(self.connections) > self.cap:
+            self.app = _shed(self.app, self.limits.always_served)
+            self._patience = self.limits.shed_timeout
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the headers are in: the app's turn
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self._patience, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        """Answer 408 and close, written raw: there is no request for h11 to answer."""
+        self._deadline = None
+        idle = self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
+        if not idle or self.transport.is_closing():
+            return
+        message = b"request headers not received in time"
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message)
+        )
+        self.transport.close()
+
+
+def _shed(app: ASGIApp, always_served: frozenset[str]) -> ASGIApp:
+    """``app`` for a connection over the cap: the probes still answer, nothing else does."""
+
+    async def shed(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in always_served:
+            await app(scope, receive, send)
+            return
+        await refuse(send, 503, "too many connections: retry shortly", retry_after=1)
+
+    return shed
+
+
+def _protocol(limits: Limits) -> type[_GuardedH11]:
+    cap = connection_cap(limits, raise_open_file_limit())
+    return type("GuardedH11", (_GuardedH11,), {"limits": limits, "cap": cap})
+
+
 async def serve(
     app: Any,
     sockets: list[socket.socket],
     *,
     ready: Callable[[], None] | None = None,
     proxy_headers: bool = False,
+    limits: Limits | None = None,
 ) -> None:
-    """Serve ``app`` on ``sockets`` until cancelled; then close them."""
+    """Serve ``app`` on ``sockets`` until cancelled, within ``limits``; then close them."""
+    limits = limits or Limits()
     config = uvicorn.Config(
         app,
+        http=_protocol(limits),
         log_config=None,  # leave the embedding process's logging setup alone
         log_level="warning",
         access_log=False,
@@ -126,6 +258,8 @@ async def serve(
         ws="none",
         proxy_headers=proxy_headers,
         timeout_graceful_shutdown=1,
+        timeout_keep_alive=limits.keep_alive,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     config.load()
     server = uvicorn.Server(config)

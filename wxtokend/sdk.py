@@ -6,34 +6,97 @@ URL here and keep their code. ``GET /cgi-bin/token`` and ``POST
 errcodes) but never fetch a new classic token: the daemon owns that. The
 secret must match the configured one. ``force_refresh: true`` — what an SDK
 sends after WeChat rejected its token — becomes a debounced compare-and-refresh.
+
+A client (peer address; every unix-socket peer is one client) that sent
+:data:`FAILURES_PER_MINUTE` wrong credentials within a minute is answered
+45011, WeChat's minute quota, until the oldest of them is a minute old. A wrong
+secret costs the same time whether the appid is known or not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import json
-from typing import TYPE_CHECKING, Any
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from wxtokend.guard import BadBody, json_object
+from wxtokend.ratelimit import FailureLimiter
+
 if TYPE_CHECKING:
     from wxtokend.daemon import Daemon
     from wxtokend.refresher import Refresher
 
-__all__ = ["sdk_routes"]
+__all__ = ["FAILURES_PER_MINUTE", "sdk_routes"]
+
+FAILURES_PER_MINUTE = 10
+# Errcodes that mean "that credential is wrong": what a guesser gets, and is counted for.
+_WRONG_CREDENTIAL = frozenset({40001, 40013, 40125})
+# Compared against when the appid or corpid is unknown, so that costs what a wrong secret does.
+_DUMMY_SECRET = secrets.token_hex(16)
 
 # WeChat keeps the previous classic token working ~300 s after a new fetch; a
 # minute of that is kept as margin for clocks and SDK refresh slack.
 _CLASSIC_SAFE_OVERLAP = 240
 
 
-def _error(errcode: int, errmsg: str) -> JSONResponse:
-    return JSONResponse({"errcode": errcode, "errmsg": errmsg})
+class _WeChatError(JSONResponse):
+    """A WeChat-style error answer that remembers its errcode (for the failure count)."""
+
+    def __init__(self, errcode: int, errmsg: str, headers: dict[str, str] | None = None) -> None:
+        self.errcode = errcode
+        super().__init__({"errcode": errcode, "errmsg": errmsg}, headers=headers)
+
+
+def _error(errcode: int, errmsg: str) -> _WeChatError:
+    return _WeChatError(errcode, errmsg)
+
+
+def _secret_matches(given: str, expected: str) -> bool:
+    """Constant time, and over digests: not even the secret's length shows in the timing."""
+    digest = [
+        hashlib.sha256(s.encode("utf-8", "surrogatepass")).digest() for s in (given, expected)
+    ]
+    return hmac.compare_digest(digest[0], digest[1])
+
+
+def _client(request: Request) -> str:
+    """Whose failures these are: the peer address; unix-socket peers have none and share one."""
+    return request.client.host if request.client is not None else "unix"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _limited(daemon: Daemon, limiter: FailureLimiter, handler: Handler) -> Handler:
+    """``handler`` refusing a client with too many recent wrong credentials, counting new ones."""
+
+    async def limited(request: Request) -> Response:
+        client = _client(request)
+        wait = limiter.retry_after(client, daemon.clock.monotonic())
+        if wait is not None:
+            seconds = str(max(1, round(wait)))
+            return _WeChatError(
+                45011,
+                "api minute-quota reach limit mustslower retry next minute",
+                headers={"Retry-After": seconds},
+            )
+        response = await handler(request)
+        if isinstance(response, _WeChatError) and response.errcode in _WRONG_CREDENTIAL:
+            limiter.failed(client, daemon.clock.monotonic())
+        return response
+
+    return limited
 
 
 def sdk_routes(daemon: Daemon) -> list[Route]:
+    limiter = FailureLimiter(limit=FAILURES_PER_MINUTE, window=60.0)
+
     async def token(request: Request) -> Response:
         if request.method != "GET":
             return _error(43002, "require GET method")
@@ -46,17 +109,15 @@ def sdk_routes(daemon: Daemon) -> list[Route]:
         if request.method != "POST":
             return _error(43002, "require POST method")
         try:
-            body: Any = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
+            body = json_object(await request.body())
+        except BadBody:
             return _error(47001, "data format error")
+        fields = [body.get(key, "") for key in ("grant_type", "appid", "secret")]
+        if not all(isinstance(value, str) for value in fields):
+            return _error(47001, "data format error")
+        grant_type, appid, secret = (str(value) for value in fields)
         return await _answer(
-            daemon,
-            str(body.get("grant_type", "")),
-            str(body.get("appid", "")),
-            str(body.get("secret", "")),
-            force=body.get("force_refresh") is True,
+            daemon, grant_type, appid, secret, force=body.get("force_refresh") is True
         )
 
     async def gettoken(request: Request) -> Response:
@@ -69,13 +130,10 @@ def sdk_routes(daemon: Daemon) -> list[Route]:
             return _error(41004, "corpsecret missing")
         candidates = daemon.wecom_applications(corpid)
         if not candidates:
+            _secret_matches(secret, _DUMMY_SECRET)
             return _error(40013, "invalid corpid")
         # Compare against every application, so timing says nothing about which matched.
-        matches = [
-            r
-            for r in candidates
-            if hmac.compare_digest(secret.encode(), r.app.secret.reveal().encode())
-        ]
+        matches = [r for r in candidates if _secret_matches(secret, r.app.secret.reveal())]
         if not matches:
             return _error(40001, "invalid credential")
         refresher, now = matches[0], daemon.clock.now()
@@ -92,9 +150,13 @@ def sdk_routes(daemon: Daemon) -> list[Route]:
         )
 
     return [
-        Route("/cgi-bin/token", token, methods=["GET", "POST"]),
-        Route("/cgi-bin/stable_token", stable_token, methods=["GET", "POST"]),
-        Route("/cgi-bin/gettoken", gettoken, methods=["GET"]),
+        Route("/cgi-bin/token", _limited(daemon, limiter, token), methods=["GET", "POST"]),
+        Route(
+            "/cgi-bin/stable_token",
+            _limited(daemon, limiter, stable_token),
+            methods=["GET", "POST"],
+        ),
+        Route("/cgi-bin/gettoken", _limited(daemon, limiter, gettoken), methods=["GET"]),
     ]
 
 
@@ -109,9 +171,9 @@ async def _answer(
         return _error(41004, "appsecret missing")
     refresher = daemon.find_appid(appid)
     if refresher is None or refresher.app.kind != "official":
+        _secret_matches(secret, _DUMMY_SECRET)
         return _error(40013, "invalid appid")
-    expected = refresher.app.secret.reveal().encode()
-    if not hmac.compare_digest(secret.encode(), expected):
+    if not _secret_matches(secret, refresher.app.secret.reveal()):
         return _error(40125, "invalid appsecret")
     if force:
         await _debounced_refresh(refresher, window=daemon.config.admin.passive_min_interval)
