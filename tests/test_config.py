@@ -768,10 +768,10 @@ class TestProblems:
             """),
         )
         problems = problems_of(path)
-        assert [p.split(": ")[1] for p in problems] == [
+        assert [p.split(": ")[1] for p in problems] == [  # in the file's order
+            "file_group",
             "apps[0].secret_file",
             "apps[1].secret_env",
-            "file_group",
         ]
 
 
