@@ -1165,3 +1165,231 @@ class TestFleetConfig:
         (line,) = problems_of(path)
         assert ": fleet" in line
         assert problem in line
+
+
+# Wording that is pydantic's, not ours: none of it may reach a user.
+INTERNAL_WORDS = (
+    "Model",
+    "instance of",
+    "Input should",
+    "String should",
+    "Value error",
+    "valid dictionary",
+    "pydantic",
+    "Keys should",
+    "Field required",
+    "Extra inputs",
+    "For further information",
+)
+
+BROKEN_CONFIGS = {
+    "admin-null": "admin: null",
+    "admin-list": "admin: [1, 2]",
+    "admin-text": "admin: off",
+    "admin-unknown-key": "admin: {lisen: 127.0.0.1:9735}",
+    "admin-listen-number": "admin: {listen: 9735}",
+    "admin-limit-float": "admin: {passive_daily_limit: 1.5}",
+    "admin-limit-huge": "admin: {passive_daily_limit: 100000}",
+    "admin-timeout-small": "admin: {start_timeout: 10ms}",
+    "retry-number": "retry: 5",
+    "retry-unknown-key": "retry: {mn: 1s}",
+    "retry-max-text": "retry: {max: soon}",
+    "fleet-list": "fleet: [redis]",
+    "fleet-prefix": "fleet: {redis: 'redis://x', key_prefix: 'a b'}",
+    "fleet-role": "fleet: {redis: 'redis://x', role: 3}",
+    "fleet-ttl-huge": "fleet: {redis: 'redis://x', lock_ttl: 1h}",
+    "output-dir-list": "output_dir: [a]",
+    "max-concurrency-text": "max_concurrency: many",
+    "max-concurrency-float": "max_concurrency: 2.5",
+    "number-key": "1: x",
+    "null-key": "null: x",
+    "apps-null": "apps: null",
+    "apps-text": "apps: shop",
+    "app-null": "apps: [null]",
+    "app-list": "apps: [[appid, wx1]]",
+    "app-appid-number": "apps: [{appid: 12, secret_file: app.secret}]",
+    "app-appid-list": "apps: [{appid: [wx1], secret_file: app.secret}]",
+    "app-kind": "apps: [{kind: mp, appid: wx1, secret_file: app.secret}]",
+    "app-agentid-text": "apps: [{kind: wecom, corpid: ww1, name: a, agentid: x, secret: s}]",
+    "app-agentid-float": "apps: [{kind: wecom, corpid: ww1, name: a, agentid: 1.5, secret: s}]",
+    "app-tickets-text": "apps: [{appid: wx1, tickets: jsapi, secret_file: app.secret}]",
+    "app-ticket-unknown": "apps: [{appid: wx1, tickets: [jsapl], secret_file: app.secret}]",
+    "app-ticket-mapping": "apps: [{appid: wx1, tickets: {jsapi: 1}, secret_file: app.secret}]",
+    "app-secret-list": "apps: [{appid: wx1, secret: [s]}]",
+    "app-secret-file-number": "apps: [{appid: wx1, secret_file: 5}]",
+    "app-secret-env-shape": "apps: [{appid: wx1, secret_env: 'no such'}]",
+    "app-number-key": "apps: [{appid: wx1, 7: x, secret_file: app.secret}]",
+    "app-bool-key": "apps: [{appid: wx1, yes: x, secret_file: app.secret}]",
+    "app-date": "apps: [{appid: wx1, name: 2024-01-01, secret_file: app.secret}]",
+    "app-api-base-number": "apps: [{appid: wx1, api_base: 8080, secret_file: app.secret}]",
+}
+
+
+def broken(text: str) -> str:
+    """``text`` as line 1 of a config, with a valid app after it unless it is about apps."""
+    return f"{text}\n" if text.startswith("apps:") else f"{text}\n{MINIMAL}"
+
+
+class TestPlainWords:
+    """Every problem is in wxtokend's words: file, line, key path, what is wrong and the fix."""
+
+    @pytest.mark.parametrize("text", BROKEN_CONFIGS.values(), ids=BROKEN_CONFIGS.keys())
+    def test_no_internal_wording(self, tmp_path: Path, text: str) -> None:
+        """No message quotes pydantic or its classes; each has a line and a fix."""
+        path = write_config(tmp_path, broken(text))
+        problems = problems_of(path)
+        assert problems
+        for problem in problems:
+            assert not [w for w in INTERNAL_WORDS if w in problem], problem
+            assert re.fullmatch(rf"{re.escape(str(path))}:\d+: \S+: \S.* \u2014 \S.*", problem), (
+                problem
+            )
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                "admin: null",
+                "admin: must be a mapping (key: value lines), not null (nothing) — write admin:"
+                " as a mapping, e.g. admin: {listen: 127.0.0.1:9735}; to turn the admin API off"
+                " write admin: {listen: null}",
+            ),
+            ("retry: 5", "retry: must be a mapping (key: value lines), not a number — write"),
+            ("fleet: [redis]", "fleet: must be a mapping (key: value lines), not a list — write"),
+            ("apps: [null]", "apps[0]: is not a mapping — each app is a mapping with appid:"),
+            ("apps: shop", "apps: must be a list of apps, not text — list at least one app"),
+            ("admin: {passive_daily_limit: 1.5}", "must be a whole number, not a decimal number"),
+            ("admin: {start_timeout: 10ms}", "start_timeout: must be at least 1 s — use e.g. 60"),
+            ("max_concurrency: many", "must be a whole number, not text — use a whole number"),
+        ],
+    )
+    def test_says_what_is_expected(self, tmp_path: Path, text: str, expected: str) -> None:
+        """A value of the wrong type says what the key takes and how to write it."""
+        path = write_config(tmp_path, broken(text))
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: ")
+        assert expected in problem
+
+    def test_unknown_key_in_a_section_suggests_that_sections_key(self, tmp_path: Path) -> None:
+        """A misspelt admin key is matched against admin's keys, not the top level's."""
+        path = write_config(tmp_path, broken("admin: {lisen: 127.0.0.1:9735}"))
+        (problem,) = problems_of(path)
+        assert problem == f"{path}:1: admin.lisen: unknown key — did you mean 'listen'?"
+
+
+class TestLinesOfAbsentKeys:
+    """A problem about a key that is not in the file takes the line of its nearest parent."""
+
+    def test_wecom_app_without_name(self, tmp_path: Path) -> None:
+        """A WeCom app missing name: is reported at that app's line."""
+        path = write_config(
+            tmp_path,
+            f"{MINIMAL}  - kind: wecom\n    corpid: ww1\n    secret_file: app.secret\n",
+        )
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:4: apps[1].name: is required for WeCom apps")
+
+    def test_official_app_without_appid(self, tmp_path: Path) -> None:
+        """An app missing appid: is reported at that app's line."""
+        path = write_config(tmp_path, f"{MINIMAL}  - name: shop\n    secret_file: app.secret\n")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:4: apps[1].appid: is required but missing")
+
+    def test_fleet_without_redis(self, tmp_path: Path) -> None:
+        """A fleet section with neither redis nor redis_file is reported at fleet's line."""
+        path = write_config(tmp_path, f"{MINIMAL}fleet:\n  role: follower\n")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:4: fleet: needs exactly one of redis or redis_file")
+
+    def test_key_from_a_merge_takes_the_apps_line(self, tmp_path: Path) -> None:
+        """A bad value merged in with <<: *base is reported at the app that merges it."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - &base
+                    appid: {APPID}
+                    secret_file: app.secret
+                  - <<: *base
+                    name: two
+                  - <<: *base
+                    appid: {APPID2}
+            """),
+        )
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:5: apps[1].appid: appid '{APPID}' is already used")
+
+
+class TestAllProblemsAtOnce:
+    """Shape errors, secrets, duplicates, group and fleet come back together in one error."""
+
+    def test_schema_secret_duplicate_and_section(self, tmp_path: Path) -> None:
+        """A bad app, a missing secret file, a duplicate name and a bad admin: four lines."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                admin: null
+                apps:
+                  - appid: wx1111111111111111
+                    grant: fast
+                    secret_file: app.secret
+                  - appid: {APPID}
+                    name: shop
+                    secret_file: missing.secret
+                  - appid: {APPID2}
+                    name: shop
+                    secret_file: app.secret
+            """),
+        )
+        problems = problems_of(path)
+        assert [p.split(" ")[0] for p in problems] == [
+            f"{path}:1:",
+            f"{path}:4:",
+            f"{path}:8:",
+            f"{path}:10:",
+        ]
+        assert [p.split(": ")[1] for p in problems] == [
+            "admin",
+            "apps[0].grant",
+            "apps[1].secret_file",
+            "apps[2].name",
+        ]
+        assert "name 'shop' is already used by apps[1]" in problems[3]
+
+    def test_settings_and_group_and_fleet_beside_a_broken_app(self, tmp_path: Path) -> None:
+        """A broken app does not hide a bad file_group, a bad retry or an unreadable redis_file."""
+        path = write_config(
+            tmp_path,
+            yaml_text("""
+                file_group: no-such-group-wxtokend
+                retry: {min: 5s, max: 2s}
+                fleet: {redis_file: missing.url}
+                request_timeout: forever
+                apps:
+                  - [not, an, app]
+            """),
+        )
+        assert [p.split(": ")[1] for p in problems_of(path)] == [
+            "file_group",
+            "retry.max",
+            "fleet.redis_file",
+            "request_timeout",
+            "apps[0]",
+        ]
+
+    def test_indices_survive_broken_apps(self, tmp_path: Path) -> None:
+        """Apps after broken ones keep their own index and line in messages."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - 1
+                  - {{appid: {APPID}, grant: 2, secret_file: app.secret}}
+                  - {{appid: {APPID2}, secret_env: MISSING_VAR}}
+            """),
+        )
+        assert [p.split(": ")[0:2] for p in problems_of(path)] == [
+            [f"{path}:2", "apps[0]"],
+            [f"{path}:3", "apps[1].grant"],
+            [f"{path}:4", "apps[2].secret_env"],
+        ]

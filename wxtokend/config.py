@@ -9,12 +9,14 @@ file, the line, the key path and the fix, collected into a single
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import grp
 import math
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -498,29 +500,42 @@ def _output_dir_problem(directory: Path) -> tuple[str, str] | None:
         f"create it for the user wxtokend runs as (uid {uid}): install -d -o {uid} -m 0750"
         f" {directory}, or under systemd RuntimeDirectory=wxtoken"
     )
-    writable = os.W_OK | os.X_OK  # to create, rename and remove files in it
     if os.path.lexists(directory) and not os.path.exists(directory):
         return f"{directory} is a symlink to nothing", "point it at a directory, or remove it"
     if os.path.exists(directory):
         if not os.path.isdir(directory):
             return f"{directory} is a file, not a directory", "point output_dir at a directory"
-        if not os.access(directory, writable):
-            return f"{directory} is not writable by this user (uid {uid})", give
+        if why := _cannot_write_in(directory):
+            return f"{directory} is not writable by this user (uid {uid}): {why}", give
         return None
     ancestor = directory.parent
-    while not os.path.exists(ancestor):  # "/" always exists
+    while not os.path.exists(ancestor):  # "/" exists
         ancestor = ancestor.parent
     if not os.path.isdir(ancestor):
         return (
             f"{directory} cannot be created: {ancestor} is a file",
             "point output_dir at a directory",
         )
-    if not os.access(ancestor, writable):
+    if why := _cannot_write_in(ancestor):
         return (
-            f"{directory} cannot be created: this user (uid {uid}) may not write to {ancestor}",
+            f"{directory} cannot be created: this user (uid {uid}) cannot write in"
+            f" {ancestor}: {why}",
             give,
         )
     return None
+
+
+def _cannot_write_in(directory: Path) -> str:
+    """Why a file cannot be created in ``directory``; empty if it can.
+
+    Tried rather than asked: os.access says yes to root for a read-only mount or
+    /proc. An unnamed temporary file (O_TMPFILE) leaves nothing behind.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return ""
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def _validate(
@@ -583,11 +598,7 @@ def _valid_apps(
 
 
 def _problem(loader: _Loader, error: Any, loc: tuple[int | str, ...]) -> str:
-    if error["type"] == "invalid_key":  # the last step is a key (a number, true...), not an index
-        keypath = f"{_loc(loc[:-1])}.{loc[-1]}" if len(loc) > 1 else str(loc[-1])
-    else:
-        keypath = _loc(loc)
-    return loader.problem(keypath, *_explain(error, loc))
+    return loader.problem(_loc(loc), *_explain(error, loc))
 
 
 def _may_chown_to(gid: int) -> bool:
@@ -627,11 +638,6 @@ def _explain(error: Any, loc: tuple[int | str, ...]) -> tuple[str, str]:
             "unknown key",
             f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(fields),
         )
-    if kind == "invalid_key":
-        return (
-            "is not a key name (YAML reads it as a number, true/false or null)",
-            "valid keys: " + ", ".join(_fields_at(loc[:-1])),
-        )
     if kind == "missing":
         return "is required but missing", _FIXES.get(key, f"add {key}:")
     if kind == "value_error":
@@ -649,7 +655,9 @@ def _explain(error: Any, loc: tuple[int | str, ...]) -> tuple[str, str]:
     if kind in _BOUNDS:
         word, bound = _BOUNDS[kind]
         unit = " s" if key in _DURATION_KEYS else ""
-        return f"must be {word} {ctx.get(bound, '?')}{unit}", fix
+        limit = ctx.get(bound)
+        shown = f"{limit:g}" if isinstance(limit, int | float) else str(limit)
+        return f"must be {word} {shown}{unit}", fix
     if kind == "string_pattern_mismatch":
         return _PATTERNS.get(key, "is not in the expected form"), fix
     return "is not a valid value", fix
@@ -684,15 +692,19 @@ def _describe(value: object) -> str:
         return "null (nothing)"
     if isinstance(value, bool):
         return "true/false"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return "a number"
+    if isinstance(value, float):
+        return "a decimal number"
     if isinstance(value, str):
         return "text"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return "a YAML " + type(value).__name__  # dates and binary: YAML has more types
+    if isinstance(value, datetime.date):
+        return "a date (quote it to make it text)"
+    return "binary data"  # the one YAML type left: !!binary
 
 
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
@@ -734,6 +746,8 @@ class _Loader:
         try:
             _check_cost(text)
             node = yaml.compose(text, Loader=_COMPOSER)
+            if node is not None:
+                self._index(node, "")  # before merges copy keys in with the anchor's lines
             data = _StrictLoader(text).construct_document(node) if node is not None else None
         except _TooCostly as exc:
             line = exc.mark.line + 1
@@ -746,8 +760,6 @@ class _Loader:
             ) from None
         except yaml.YAMLError as exc:
             raise ConfigError([f"{self.path}: invalid YAML: {exc}"]) from None
-        if node is not None:
-            self._index(node, "")
         if not isinstance(data, dict):
             raise ConfigError(
                 [f"{self.path}: not a YAML mapping — start it with output_dir: and apps: keys"]
@@ -783,6 +795,8 @@ class _Loader:
     def _index(self, node: yaml.Node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
+                if key.tag == "tag:yaml.org,2002:merge":
+                    continue  # merged keys are the app's own: they take its line
                 path = f"{prefix}.{key.value}" if prefix else str(key.value)
                 self.lines[path] = key.start_mark.line + 1
                 self._index(value, path)
@@ -864,14 +878,27 @@ def _too_many(mark: Any, *, aliased: bool) -> _TooCostly:
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+_STR = "tag:yaml.org,2002:str"
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last."""
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last.
+
+    Every scalar key is read as the text written (``1:``, ``null:``, ``yes:``): no
+    key of the config is anything else, so such a key is an unknown key, reported
+    as written with the valid ones.
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for i, (key_node, value_node) in enumerate(node.value):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *defaults` may be overridden by the mapping's own keys
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _STR:
+                key_node = yaml.ScalarNode(
+                    _STR, key_node.value, key_node.start_mark, key_node.end_mark
+                )
+                node.value[i] = (key_node, value_node)
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str | int | float | bool | None):
                 raise yaml.constructor.ConstructorError(
