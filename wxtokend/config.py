@@ -827,19 +827,14 @@ def _check_cost(text: str) -> None:
     open_: list[tuple[int, str | None]] = []  # (values before it, anchor) per open list/map
     values = plain = 0  # values with aliases expanded / as written
     for event in yaml.parse(text, Loader=_COMPOSER):
-        if isinstance(event, yaml.AliasEvent):
-            if any(anchor == event.anchor for _, anchor in open_):
-                raise _TooCostly(
-                    event.start_mark,
-                    f"alias *{event.anchor} is inside the node &{event.anchor} it names,"
-                    " an endless loop",
-                    "move the alias out of its anchor's node",
-                )
-            values += sizes.get(event.anchor or "", 1)  # undefined: the composer says so
-        elif isinstance(event, yaml.ScalarEvent):
+        if isinstance(event, yaml.ScalarEvent):  # the commonest first: this loop is hot
             values, plain = values + 1, plain + 1
             if event.anchor:
                 sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            before, anchor = open_.pop()
+            if anchor:
+                sizes[anchor] = values - before
         elif isinstance(event, yaml.CollectionStartEvent):
             if len(open_) == MAX_CONFIG_DEPTH:
                 raise _TooCostly(
@@ -850,10 +845,15 @@ def _check_cost(text: str) -> None:
                 )
             open_.append((values, event.anchor))
             values, plain = values + 1, plain + 1
-        elif isinstance(event, yaml.CollectionEndEvent):
-            before, anchor = open_.pop()
-            if anchor:
-                sizes[anchor] = values - before
+        elif isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for _, anchor in open_):
+                raise _TooCostly(
+                    event.start_mark,
+                    f"alias *{event.anchor} is inside the node &{event.anchor} it names,"
+                    " an endless loop",
+                    "move the alias out of its anchor's node",
+                )
+            values += sizes.get(event.anchor or "", 1)  # undefined: the composer says so
         if values > MAX_CONFIG_VALUES:
             raise _too_many(event.start_mark, aliased=plain <= MAX_CONFIG_VALUES)
 
