@@ -1622,6 +1622,17 @@ class TestBoundedLoading:
         assert len(config.apps) == 3001
         assert {a.grant for a in config.apps} == {"classic"}
 
+    def test_many_anchors_load(self, tmp_path: Path) -> None:
+        """Thousands of distinct anchors, each aliased by the next app, load."""
+        apps = "".join(
+            f"  - {{appid: wx{i:016x}, tickets: &t{i} [jsapi], secret: s}}\n"
+            f"  - {{appid: wx{i + 10**6:016x}, tickets: *t{i}, secret: s}}\n"
+            for i in range(2000)
+        )
+        config = load(tmp_path, f"apps:\n{apps}")
+        assert len(config.apps) == 4000
+        assert {a.tickets for a in config.apps} == {("jsapi",)}
+
     def test_alias_inside_its_own_anchor(self, tmp_path: Path) -> None:
         """A self-referencing alias (an endless structure) is refused, not recursed into."""
         path = write_config(tmp_path, "apps: &a [*a]\n")
