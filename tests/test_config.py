@@ -511,6 +511,20 @@ BAD_INPUTS = [
         "give every app its own name",
     ),
     Bad(
+        "duplicate-yaml-key",
+        f"apps:\n  - appid: {APPID}\n    appid: {APPID2}\n    secret_file: app.secret\n",
+        "apps[0].appid",
+        3,
+        "appears twice in one mapping (first on line 2) — keep one of them",
+    ),
+    Bad(
+        "duplicate-top-yaml-key",
+        f"output_dir: /a\noutput_dir: /b\n{MINIMAL}",
+        "output_dir",
+        2,
+        "appears twice in one mapping (first on line 1) — keep one of them",
+    ),
+    Bad(
         "missing-secret",
         app_with("grant: classic"),
         "apps[0]",
@@ -804,20 +818,6 @@ FILE_LEVEL = [
     pytest.param(
         f'apps:\n  - appid: "{APPID}\n', r":3:1", "invalid YAML", False, id="unterminated-quote"
     ),
-    pytest.param(
-        f"apps:\n  - appid: {APPID}\n    appid: {APPID2}\n    secret_file: app.secret\n",
-        r":3:5",
-        "duplicate key 'appid'",
-        False,
-        id="duplicate-key",
-    ),
-    pytest.param(
-        f"output_dir: /a\noutput_dir: /b\n{MINIMAL}",
-        r":2:1",
-        "duplicate key 'output_dir'",
-        False,
-        id="duplicate-top-key",
-    ),
 ]
 
 
@@ -841,7 +841,6 @@ class TestFileLevelProblems:
                 id="top-level-list",
             ),
             pytest.param("a: [\n", r":2:1", id="invalid-yaml"),
-            pytest.param("a: 1\na: 2\n", r":2:1", id="duplicate-key"),
         ],
     )
     def test_file_problem_shape(self, tmp_path: Path, text: str, where: str) -> None:
@@ -1384,6 +1383,25 @@ class TestAllProblemsAtOnce:
             "fleet.redis_file",
             "request_timeout",
             "apps[0]",
+        ]
+
+    def test_duplicate_yaml_keys_do_not_stop_the_rest(self, tmp_path: Path) -> None:
+        """A key written twice is one problem; the first is kept and the file still checked."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - appid: {APPID}
+                    secret_file: missing.secret
+                    secret_file: app.secret
+                  - appid: {APPID2}
+                    grant: fast
+            """),
+        )
+        assert [p.split(": ")[0:2] for p in problems_of(path)] == [
+            [f"{path}:3", "apps[0].secret_file"],
+            [f"{path}:4", "apps[0].secret_file"],
+            [f"{path}:6", "apps[1].grant"],
         ]
 
     def test_indices_survive_broken_apps(self, tmp_path: Path) -> None:

@@ -71,6 +71,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _APPID = re.compile(r"[\x21-\x7e]{1,128}")
 _REDIS_URL = re.compile(r"^(redis|rediss|unix)://")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
 _LAST_STEP = re.compile(r"(\.[^.\[\]]*|\[\d+\])$")  # ".key" or "[3]" at a key path's end
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -478,6 +480,7 @@ def load_config(
     env = os.environ if environ is None else environ
     loader = _Loader(path)
     settings, apps, problems = _validate(loader, loader.read())
+    problems = [*loader.problems, *problems]
     return _Resolver(loader, settings, apps, env, secrets=secrets, problems=problems).resolve()
 
 
@@ -723,6 +726,7 @@ class _Loader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lines: dict[str, int] = {}
+        self.problems: list[str] = []  # about keys: the rest of the file is still judged
 
     def line_of(self, keypath: str) -> int | None:
         """The line of ``keypath``; of its nearest enclosing key if it is not in the file."""
@@ -748,7 +752,7 @@ class _Loader:
             node = yaml.compose(text, Loader=_COMPOSER)
             if node is not None:
                 self._index(node, "")  # before merges copy keys in with the anchor's lines
-            data = _StrictLoader(text).construct_document(node) if node is not None else None
+            data = yaml.SafeLoader(text).construct_document(node) if node is not None else None
         except _TooCostly as exc:
             line = exc.mark.line + 1
             raise ConfigError([f"{self.path}:{line}: {exc.problem} — {exc.fix}"]) from None
@@ -793,13 +797,39 @@ class _Loader:
             ) from None
 
     def _index(self, node: yaml.Node, prefix: str) -> None:
+        """Record every key's line; and so that building the data cannot fail on a key,
+        drop (as problems) duplicate keys and list or mapping keys, and read every
+        other key as the text written: no config key is a number, true or null, so
+        ``1:``, ``yes:`` or ``null:`` is an unknown key, reported as written."""
         if isinstance(node, yaml.MappingNode):
+            kept: list[tuple[yaml.Node, yaml.Node]] = []
+            first: dict[str, int] = {}
             for key, value in node.value:
-                if key.tag == "tag:yaml.org,2002:merge":
-                    continue  # merged keys are the app's own: they take its line
+                line = key.start_mark.line + 1
+                if key.tag == _MERGE:
+                    kept.append((key, value))
+                    continue  # merged keys are the entry's own: they take its line
+                if not isinstance(key, yaml.ScalarNode):
+                    where = f"{self.path}:{line}: {prefix}" if prefix else f"{self.path}:{line}"
+                    self.problems.append(
+                        f"{where}: a key must be a plain word, not a list or mapping"
+                        " — check the indentation and any '?' there"
+                    )
+                    continue
                 path = f"{prefix}.{key.value}" if prefix else str(key.value)
-                self.lines[path] = key.start_mark.line + 1
+                if key.value in first:
+                    self.problems.append(
+                        f"{self.path}:{line}: {path}: appears twice in one mapping (first on"
+                        f" line {first[key.value]}) — keep one of them"
+                    )
+                    continue
+                first[key.value] = line
+                if key.tag != _STR:
+                    key = yaml.ScalarNode(_STR, key.value, key.start_mark, key.end_mark)
+                kept.append((key, value))
+                self.lines[path] = line
                 self._index(value, path)
+            node.value = kept
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 path = f"{prefix}[{i}]"
@@ -874,45 +904,8 @@ def _too_many(mark: Any, *, aliased: bool) -> _TooCostly:
 
 
 # libyaml's parser when PyYAML has it: the pure-Python one took seconds for 10,000 apps.
-# Its nodes carry the same line marks; construction stays in _StrictLoader.
+# Its nodes carry the same line marks; construction stays in the Python SafeLoader.
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-_STR = "tag:yaml.org,2002:str"
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last.
-
-    Every scalar key is read as the text written (``1:``, ``null:``, ``yes:``): no
-    key of the config is anything else, so such a key is an unknown key, reported
-    as written with the valid ones.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for i, (key_node, value_node) in enumerate(node.value):
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *defaults` may be overridden by the mapping's own keys
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _STR:
-                key_node = yaml.ScalarNode(
-                    _STR, key_node.value, key_node.start_mark, key_node.end_mark
-                )
-                node.value[i] = (key_node, value_node)
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool | None):
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    "a key must be a plain word, not a list or mapping",
-                    key_node.start_mark,
-                )
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _in_file_order(path: Path, problems: list[str]) -> list[str]:
