@@ -1,9 +1,12 @@
 """Loading and validating the YAML config.
 
-Pydantic checks the shape (and gives the JSON Schema for editors); the steps
-pydantic cannot do — reading secret files and variables, resolving the group,
-finding duplicates — run afterwards. Every problem becomes one line naming the
-file, the line, the key path and the fix, collected into a single
+Reading is bounded (size, values counted through aliases, depth) before anything
+is built, so no file can hang the daemon at a reload. Pydantic checks the shape
+(and gives the JSON Schema for editors); the steps pydantic cannot do — reading
+secret files and variables, resolving the group, finding duplicates — run
+afterwards, on every part whose shape is right. Every problem becomes one line
+naming the file, the line, the key path and the fix, in wxtokend's words, and
+all of them come together, in the file's order, in a single
 :class:`~wxtokend.errors.ConfigError`.
 """
 
