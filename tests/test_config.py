@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import grp
+import io
 import json
 import os
 import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import ScriptedWeChat, VirtualClock
 
+from wxtokend import logs
 from wxtokend.cli import main
 from wxtokend.config import Config, load_config, parse_duration
+from wxtokend.daemon import Daemon
 from wxtokend.errors import ConfigError
 
 APPID = "wx0123456789abcdef"
@@ -502,6 +511,20 @@ BAD_INPUTS = [
         "give every app its own name",
     ),
     Bad(
+        "duplicate-yaml-key",
+        f"apps:\n  - appid: {APPID}\n    appid: {APPID2}\n    secret_file: app.secret\n",
+        "apps[0].appid",
+        3,
+        "appears twice in one mapping (first on line 2) — keep one of them",
+    ),
+    Bad(
+        "duplicate-top-yaml-key",
+        f"output_dir: /a\noutput_dir: /b\n{MINIMAL}",
+        "output_dir",
+        2,
+        "appears twice in one mapping (first on line 1) — keep one of them",
+    ),
+    Bad(
         "missing-secret",
         app_with("grant: classic"),
         "apps[0]",
@@ -768,10 +791,10 @@ class TestProblems:
             """),
         )
         problems = problems_of(path)
-        assert [p.split(": ")[1] for p in problems] == [
+        assert [p.split(": ")[1] for p in problems] == [  # in the file's order
+            "file_group",
             "apps[0].secret_file",
             "apps[1].secret_env",
-            "file_group",
         ]
 
 
@@ -794,20 +817,6 @@ FILE_LEVEL = [
     ),
     pytest.param(
         f'apps:\n  - appid: "{APPID}\n', r":3:1", "invalid YAML", False, id="unterminated-quote"
-    ),
-    pytest.param(
-        f"apps:\n  - appid: {APPID}\n    appid: {APPID2}\n    secret_file: app.secret\n",
-        r":3:5",
-        "duplicate key 'appid'",
-        False,
-        id="duplicate-key",
-    ),
-    pytest.param(
-        f"output_dir: /a\noutput_dir: /b\n{MINIMAL}",
-        r":2:1",
-        "duplicate key 'output_dir'",
-        False,
-        id="duplicate-top-key",
     ),
 ]
 
@@ -832,7 +841,6 @@ class TestFileLevelProblems:
                 id="top-level-list",
             ),
             pytest.param("a: [\n", r":2:1", id="invalid-yaml"),
-            pytest.param("a: 1\na: 2\n", r":2:1", id="duplicate-key"),
         ],
     )
     def test_file_problem_shape(self, tmp_path: Path, text: str, where: str) -> None:
@@ -1165,3 +1173,569 @@ class TestFleetConfig:
         (line,) = problems_of(path)
         assert ": fleet" in line
         assert problem in line
+
+
+# Wording that is pydantic's, not ours: none of it may reach a user.
+INTERNAL_WORDS = (
+    "Model",
+    "instance of",
+    "Input should",
+    "String should",
+    "Value error",
+    "valid dictionary",
+    "pydantic",
+    "Keys should",
+    "Field required",
+    "Extra inputs",
+    "For further information",
+)
+
+BROKEN_CONFIGS = {
+    "admin-null": "admin: null",
+    "admin-list": "admin: [1, 2]",
+    "admin-text": "admin: off",
+    "admin-unknown-key": "admin: {lisen: 127.0.0.1:9735}",
+    "admin-listen-number": "admin: {listen: 9735}",
+    "admin-limit-float": "admin: {passive_daily_limit: 1.5}",
+    "admin-limit-huge": "admin: {passive_daily_limit: 100000}",
+    "admin-timeout-small": "admin: {start_timeout: 10ms}",
+    "retry-number": "retry: 5",
+    "retry-unknown-key": "retry: {mn: 1s}",
+    "retry-max-text": "retry: {max: soon}",
+    "fleet-list": "fleet: [redis]",
+    "fleet-prefix": "fleet: {redis: 'redis://x', key_prefix: 'a b'}",
+    "fleet-role": "fleet: {redis: 'redis://x', role: 3}",
+    "fleet-ttl-huge": "fleet: {redis: 'redis://x', lock_ttl: 1h}",
+    "output-dir-list": "output_dir: [a]",
+    "max-concurrency-text": "max_concurrency: many",
+    "max-concurrency-float": "max_concurrency: 2.5",
+    "number-key": "1: x",
+    "null-key": "null: x",
+    "apps-null": "apps: null",
+    "apps-text": "apps: shop",
+    "app-null": "apps: [null]",
+    "app-list": "apps: [[appid, wx1]]",
+    "app-appid-number": "apps: [{appid: 12, secret_file: app.secret}]",
+    "app-appid-list": "apps: [{appid: [wx1], secret_file: app.secret}]",
+    "app-kind": "apps: [{kind: mp, appid: wx1, secret_file: app.secret}]",
+    "app-agentid-text": "apps: [{kind: wecom, corpid: ww1, name: a, agentid: x, secret: s}]",
+    "app-agentid-float": "apps: [{kind: wecom, corpid: ww1, name: a, agentid: 1.5, secret: s}]",
+    "app-tickets-text": "apps: [{appid: wx1, tickets: jsapi, secret_file: app.secret}]",
+    "app-ticket-unknown": "apps: [{appid: wx1, tickets: [jsapl], secret_file: app.secret}]",
+    "app-ticket-mapping": "apps: [{appid: wx1, tickets: {jsapi: 1}, secret_file: app.secret}]",
+    "app-secret-list": "apps: [{appid: wx1, secret: [s]}]",
+    "app-secret-file-number": "apps: [{appid: wx1, secret_file: 5}]",
+    "app-secret-env-shape": "apps: [{appid: wx1, secret_env: 'no such'}]",
+    "app-number-key": "apps: [{appid: wx1, 7: x, secret_file: app.secret}]",
+    "app-bool-key": "apps: [{appid: wx1, yes: x, secret_file: app.secret}]",
+    "app-date": "apps: [{appid: wx1, name: 2024-01-01, secret_file: app.secret}]",
+    "app-api-base-number": "apps: [{appid: wx1, api_base: 8080, secret_file: app.secret}]",
+}
+
+
+def broken(text: str) -> str:
+    """``text`` as line 1 of a config, with a valid app after it unless it is about apps."""
+    return f"{text}\n" if text.startswith("apps:") else f"{text}\n{MINIMAL}"
+
+
+class TestPlainWords:
+    """Every problem is in wxtokend's words: file, line, key path, what is wrong and the fix."""
+
+    @pytest.mark.parametrize("text", BROKEN_CONFIGS.values(), ids=BROKEN_CONFIGS.keys())
+    def test_no_internal_wording(self, tmp_path: Path, text: str) -> None:
+        """No message quotes pydantic or its classes; each has a line and a fix."""
+        path = write_config(tmp_path, broken(text))
+        problems = problems_of(path)
+        assert problems
+        for problem in problems:
+            assert not [w for w in INTERNAL_WORDS if w in problem], problem
+            assert re.fullmatch(rf"{re.escape(str(path))}:\d+: \S+: \S.* \u2014 \S.*", problem), (
+                problem
+            )
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                "admin: null",
+                "admin: must be a mapping (key: value lines), not null (nothing) — write admin:"
+                " as a mapping, e.g. admin: {listen: 127.0.0.1:9735}; to turn the admin API off"
+                " write admin: {listen: null}",
+            ),
+            ("retry: 5", "retry: must be a mapping (key: value lines), not a number — write"),
+            ("fleet: [redis]", "fleet: must be a mapping (key: value lines), not a list — write"),
+            ("apps: [null]", "apps[0]: is not a mapping — each app is a mapping with appid:"),
+            ("apps: shop", "apps: must be a list of apps, not text — list at least one app"),
+            ("admin: {passive_daily_limit: 1.5}", "must be a whole number, not a decimal number"),
+            ("admin: {start_timeout: 10ms}", "start_timeout: must be at least 1 s — use e.g. 60"),
+            ("max_concurrency: many", "must be a whole number, not text — use a whole number"),
+        ],
+    )
+    def test_says_what_is_expected(self, tmp_path: Path, text: str, expected: str) -> None:
+        """A value of the wrong type says what the key takes and how to write it."""
+        path = write_config(tmp_path, broken(text))
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: ")
+        assert expected in problem
+
+    def test_unknown_key_in_a_section_suggests_that_sections_key(self, tmp_path: Path) -> None:
+        """A misspelt admin key is matched against admin's keys, not the top level's."""
+        path = write_config(tmp_path, broken("admin: {lisen: 127.0.0.1:9735}"))
+        (problem,) = problems_of(path)
+        assert problem == f"{path}:1: admin.lisen: unknown key — did you mean 'listen'?"
+
+
+class TestLinesOfAbsentKeys:
+    """A problem about a key that is not in the file takes the line of its nearest parent."""
+
+    def test_wecom_app_without_name(self, tmp_path: Path) -> None:
+        """A WeCom app missing name: is reported at that app's line."""
+        path = write_config(
+            tmp_path,
+            f"{MINIMAL}  - kind: wecom\n    corpid: ww1\n    secret_file: app.secret\n",
+        )
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:4: apps[1].name: is required for WeCom apps")
+
+    def test_official_app_without_appid(self, tmp_path: Path) -> None:
+        """An app missing appid: is reported at that app's line."""
+        path = write_config(tmp_path, f"{MINIMAL}  - name: shop\n    secret_file: app.secret\n")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:4: apps[1].appid: is required but missing")
+
+    def test_fleet_without_redis(self, tmp_path: Path) -> None:
+        """A fleet section with neither redis nor redis_file is reported at fleet's line."""
+        path = write_config(tmp_path, f"{MINIMAL}fleet:\n  role: follower\n")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:4: fleet: needs exactly one of redis or redis_file")
+
+    def test_key_from_a_merge_takes_the_apps_line(self, tmp_path: Path) -> None:
+        """A bad value merged in with <<: *base is reported at the app that merges it."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - &base
+                    appid: {APPID}
+                    secret_file: app.secret
+                  - <<: *base
+                    name: two
+                  - <<: *base
+                    appid: {APPID2}
+            """),
+        )
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:5: apps[1].appid: appid '{APPID}' is already used")
+
+
+class TestAllProblemsAtOnce:
+    """Shape errors, secrets, duplicates, group and fleet come back together in one error."""
+
+    def test_schema_secret_duplicate_and_section(self, tmp_path: Path) -> None:
+        """A bad app, a missing secret file, a duplicate name and a bad admin: four lines."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                admin: null
+                apps:
+                  - appid: wx1111111111111111
+                    grant: fast
+                    secret_file: app.secret
+                  - appid: {APPID}
+                    name: shop
+                    secret_file: missing.secret
+                  - appid: {APPID2}
+                    name: shop
+                    secret_file: app.secret
+            """),
+        )
+        problems = problems_of(path)
+        assert [p.split(" ")[0] for p in problems] == [
+            f"{path}:1:",
+            f"{path}:4:",
+            f"{path}:8:",
+            f"{path}:10:",
+        ]
+        assert [p.split(": ")[1] for p in problems] == [
+            "admin",
+            "apps[0].grant",
+            "apps[1].secret_file",
+            "apps[2].name",
+        ]
+        assert "name 'shop' is already used by apps[1]" in problems[3]
+
+    def test_settings_and_group_and_fleet_beside_a_broken_app(self, tmp_path: Path) -> None:
+        """A broken app does not hide a bad file_group, a bad retry or an unreadable redis_file."""
+        path = write_config(
+            tmp_path,
+            yaml_text("""
+                file_group: no-such-group-wxtokend
+                retry: {min: 5s, max: 2s}
+                fleet: {redis_file: missing.url}
+                request_timeout: forever
+                apps:
+                  - [not, an, app]
+            """),
+        )
+        assert [p.split(": ")[1] for p in problems_of(path)] == [
+            "file_group",
+            "retry.max",
+            "fleet.redis_file",
+            "request_timeout",
+            "apps[0]",
+        ]
+
+    def test_duplicate_yaml_keys_do_not_stop_the_rest(self, tmp_path: Path) -> None:
+        """A key written twice is one problem; the first is kept and the file still checked."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - appid: {APPID}
+                    secret_file: missing.secret
+                    secret_file: app.secret
+                  - appid: {APPID2}
+                    grant: fast
+            """),
+        )
+        assert [p.split(": ")[0:2] for p in problems_of(path)] == [
+            [f"{path}:3", "apps[0].secret_file"],
+            [f"{path}:4", "apps[0].secret_file"],
+            [f"{path}:6", "apps[1].grant"],
+        ]
+
+    def test_indices_survive_broken_apps(self, tmp_path: Path) -> None:
+        """Apps after broken ones keep their own index and line in messages."""
+        path = write_config(
+            tmp_path,
+            yaml_text(f"""
+                apps:
+                  - 1
+                  - {{appid: {APPID}, grant: 2, secret_file: app.secret}}
+                  - {{appid: {APPID2}, secret_env: MISSING_VAR}}
+            """),
+        )
+        assert [p.split(": ")[0:2] for p in problems_of(path)] == [
+            [f"{path}:2", "apps[0]"],
+            [f"{path}:3", "apps[1].grant"],
+            [f"{path}:4", "apps[2].secret_env"],
+        ]
+
+
+NOBODY = 65534
+
+
+def main_as_nobody(argv: list[str]) -> tuple[int, str]:
+    """``main(argv)`` in a forked child that dropped root for nobody: (exit code, stderr).
+
+    As root os.access and the kernel let everything through, so the only way to see
+    what an unprivileged daemon sees is to become one; fork keeps the loaded modules
+    (the venv under /root is not readable by nobody).
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            os.close(read)
+            sys.stderr = os.fdopen(write, "w")
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            code = main(argv)
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        err = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may read (tmp_path is root's alone), removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="wxtokend-test-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def output_dir_config(directory: Path, output_dir: Path | str) -> Path:
+    """A valid config (readable by all, admin API off) whose output_dir is ``output_dir``."""
+    path = write_config(
+        directory, f"output_dir: {output_dir}\nadmin: {{listen: null}}\n{MINIMAL}", mode=0o644
+    )
+    (directory / "app.secret").chmod(0o644)
+    return path
+
+
+class TestOutputDirCheck:
+    """check and run refuse an output_dir run could not use: exit 2, the config's line, the fix."""
+
+    @pytest.mark.parametrize("command", ["check", "run"])
+    def test_output_dir_is_a_file(
+        self, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """output_dir naming a regular file is refused before anything starts."""
+        (tmp_path / "tokens").write_text("not a directory\n")
+        path = output_dir_config(tmp_path, "tokens")
+        assert main([command, "-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"{path}:1: output_dir: {tmp_path / 'tokens'} is a file, not a directory"
+            " — point output_dir at a directory"
+        ) in err
+        assert "Traceback" not in err
+
+    @pytest.mark.parametrize("command", ["check", "run"])
+    def test_ancestor_is_a_file(
+        self, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An output_dir that cannot be created because a parent is a file is refused."""
+        (tmp_path / "file").write_text("x\n")
+        path = output_dir_config(tmp_path, "file/tokens")
+        assert main([command, "-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"{path}:1: output_dir: {tmp_path / 'file' / 'tokens'} cannot be created:"
+            f" {tmp_path / 'file'} is a file"
+        ) in err
+
+    def test_dangling_symlink(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A symlink to nothing as output_dir is refused by check."""
+        (tmp_path / "tokens").symlink_to(tmp_path / "gone")
+        path = output_dir_config(tmp_path, "tokens")
+        assert main(["check", "-c", str(path)]) == 2
+        assert f"{path}:1: output_dir: {tmp_path / 'tokens'} is a symlink to nothing" in (
+            capsys.readouterr().err
+        )
+
+    def test_creatable_output_dir_passes_and_is_not_created(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A missing output_dir under a writable directory is fine; check does not create it."""
+        path = output_dir_config(tmp_path, "a/b/tokens")
+        assert main(["check", "-c", str(path)]) == 0
+        assert f"{path}: OK" in capsys.readouterr().out
+        assert not (tmp_path / "a").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["app.secret", "config.yaml"]
+
+    @pytest.mark.parametrize(
+        ("layout", "problem"),
+        [
+            ("existing", "{out} is not writable by this user (uid {uid}): Permission denied"),
+            (
+                "missing",
+                "{out} cannot be created: this user (uid {uid}) cannot write in {parent}:"
+                " Permission denied",
+            ),
+        ],
+    )
+    def test_not_writable_for_this_user(
+        self,
+        shared_dir: Path,
+        layout: str,
+        problem: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A directory this user may not write in is refused, naming the uid and the fix."""
+        parent = shared_dir / "locked"
+        parent.mkdir(mode=0o755)
+        out = parent if layout == "existing" else parent / "tokens"
+        path = output_dir_config(shared_dir, out)
+        argv = ["check", "-c", str(path)]
+        if AS_ROOT:  # root may write anywhere: ask as nobody, for whom 0755 root:root is closed
+            code, err = main_as_nobody(argv)
+            uid = NOBODY
+        else:
+            parent.chmod(0o555)
+            code, err = main(argv), capsys.readouterr().err
+            uid = os.geteuid()
+        assert code == 2, err
+        expected = problem.format(out=out, uid=uid, parent=parent)
+        assert f"{path}:1: output_dir: {expected} — create it for the user wxtokend runs as" in err
+        assert f"install -d -o {uid} -m 0750 {out}" in err
+
+    def test_consumers_do_not_check_it(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """get runs as a consumer that only reads: it does not judge output_dir as a config."""
+        (tmp_path / "tokens").write_text("not a directory\n")
+        path = output_dir_config(tmp_path, "tokens")
+        assert main(["get", APPID, "-c", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert "invalid config" not in err
+        assert "output_dir:" not in err
+
+
+def alias_bomb(levels: int, width: int = 9) -> str:
+    """'Billion laughs': each level a list of ``width`` aliases of the level below."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for level in range(1, levels + 1):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join(lines) + f"\napps: [*l{levels}]\n"
+
+
+def limited_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """``wxtokend check -c path`` in a process held to 500 MB of address space and 20 s."""
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (500 << 20, 500 << 20))
+
+    return subprocess.run(
+        [sys.executable, "-m", "wxtokend", "check", "-c", str(path)],
+        preexec_fn=limit_memory,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def many_apps(n: int) -> str:
+    """n apps with every per-app key a real fleet uses: the largest sane config per app."""
+    return "apps:\n" + "".join(
+        f"  - {{kind: wecom, corpid: ww{i:016x}, agentid: {1000000 + i}, name: app{i},"
+        f" tickets: [jsapi, agent_config], api_base: 'http://127.0.0.1:9/x',"
+        f" secret_file: secrets/app{i}}}\n"
+        for i in range(n)
+    )
+
+
+class TestBoundedLoading:
+    """Any file is judged quickly in little memory: bombs, huge and deep documents are refused."""
+
+    def test_billion_laughs_is_refused_by_check(self, tmp_path: Path) -> None:
+        """Nine levels of nine aliases: exit 2 at the first level past the limit (l5, line 6),
+        within 500 MB and 20 s."""
+        path = write_config(tmp_path, alias_bomb(9))
+        result = limited_check(path)
+        assert result.returncode == 2, result.stderr
+        assert (
+            f"{path}:6: aliases here expand the document past 500,000 values (an alias bomb?)"
+            " — write the repeated parts out, or alias only small parts such as <<: *defaults"
+        ) in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_large_node_aliased_many_times(self, tmp_path: Path) -> None:
+        """Few aliases of one big list also count as every copy: refused at the alias past it."""
+        big = ", ".join(["jsapi"] * 10_000)
+        aliases = "".join(f"  - {{appid: wx{i:016x}, tickets: *t, secret: s}}\n" for i in range(60))
+        path = write_config(tmp_path, f"x: &t [{big}]\napps:\n{aliases}")
+        (problem,) = problems_of(path)
+        assert re.match(rf"{re.escape(str(path))}:(\d+): aliases here expand", problem)
+        # The list and 49 aliases of it, the 49th app's on line 2 + 49, pass 500,000 values.
+        assert int(problem.split(":")[1]) == 2 + 49
+
+    def test_many_small_aliases_load(self, tmp_path: Path) -> None:
+        """Thousands of <<: *defaults merges, the normal use of aliases, load."""
+        apps = "".join(f"  - {{<<: *base, appid: wx{i:016x}, name: a{i}}}\n" for i in range(3000))
+        config = load(
+            tmp_path, f"apps:\n  - &base {{appid: {APPID}, grant: classic, secret: s}}\n{apps}"
+        )
+        assert len(config.apps) == 3001
+        assert {a.grant for a in config.apps} == {"classic"}
+
+    def test_many_anchors_load(self, tmp_path: Path) -> None:
+        """Thousands of distinct anchors, each aliased by the next app, load."""
+        apps = "".join(
+            f"  - {{appid: wx{i:016x}, tickets: &t{i} [jsapi], secret: s}}\n"
+            f"  - {{appid: wx{i + 10**6:016x}, tickets: *t{i}, secret: s}}\n"
+            for i in range(2000)
+        )
+        config = load(tmp_path, f"apps:\n{apps}")
+        assert len(config.apps) == 4000
+        assert {a.tickets for a in config.apps} == {("jsapi",)}
+
+    def test_alias_inside_its_own_anchor(self, tmp_path: Path) -> None:
+        """A self-referencing alias (an endless structure) is refused, not recursed into."""
+        path = write_config(tmp_path, "apps: &a [*a]\n")
+        (problem,) = problems_of(path)
+        assert problem == (
+            f"{path}:1: alias *a is inside the node &a it names, an endless loop"
+            " — move the alias out of its anchor's node"
+        )
+
+    def test_huge_file(self, tmp_path: Path) -> None:
+        """A file over 8 MB is refused without being parsed."""
+        path = write_config(tmp_path, MINIMAL + "#" * (8 << 20) + "\n")
+        (problem,) = problems_of(path)
+        assert problem == (
+            f"{path}: larger than 8 MB, the limit for a config file — check that -c names the"
+            " config (10,000 apps take about 1.3 MB)"
+        )
+
+    def test_too_many_values(self, tmp_path: Path) -> None:
+        """More than 500,000 values written out (no alias) are refused at the value past it."""
+        path = write_config(tmp_path, "apps: [" + "0, " * 500_000 + "]\n")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: the document holds more than 500,000 values — ")
+
+    @pytest.mark.parametrize(
+        ("text", "line"),
+        [
+            ("apps: " + "[" * 65 + "]" * 65 + "\n", 1),
+            ("apps: " + "[" * 990 + "]" * 990 + "\n", 1),  # was a RecursionError
+            ('{"apps": ' + '{"a": ' * 990 + "1" + "}" * 991 + "\n", 1),  # JSON
+            ("".join(" " * i + f"k{i}:\n" for i in range(100)) + " " * 100 + "v\n", 65),
+        ],
+        ids=["flow-65", "flow-990", "json-990", "block-100"],
+    )
+    def test_deep_nesting(self, tmp_path: Path, text: str, line: int) -> None:
+        """Lists and mappings nested past 64 levels: one message with the line, no traceback."""
+        path = write_config(tmp_path, text)
+        (problem,) = problems_of(path)
+        assert problem.startswith(
+            f"{path}:{line}: lists and mappings nested more than 64 deep — a config needs 4 levels"
+        )
+
+    def test_nesting_up_to_the_limit_is_parsed(self, tmp_path: Path) -> None:
+        """64 levels are read and then judged as a config (here: an app that is a list)."""
+        path = write_config(tmp_path, "apps: " + "[" * 63 + "]" * 63 + "\n")
+        (problem,) = problems_of(path)
+        assert problem.startswith(f"{path}:1: apps[0]: is not a mapping")
+
+    def test_ten_thousand_full_apps_load(self, tmp_path: Path) -> None:
+        """10,000 apps with every per-app key stay well inside the limits."""
+        text = many_apps(10_000)
+        assert len(text) < (8 << 20) // 4
+        config = load_config(write_config(tmp_path, text), secrets=False)
+        assert len(config.apps) == 10_000
+        assert config.apps[-1].tickets == ("jsapi", "agent_config")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+class TestReloadOfAnUnreadableConfig:
+    """A hot reload of a bomb or a too-deep file is refused: the running apps stay."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [alias_bomb(5), "apps: " + "[" * 100 + "]" * 100 + "\n"],  # l5 is 9**6 = 531,441 values
+        ids=["alias-bomb", "deep"],
+    )
+    async def test_reload_keeps_the_old_config(self, tmp_path: Path, text: str) -> None:
+        """Daemon.reload() logs the problem and keeps the old config and its refreshers."""
+        path = write_config(tmp_path, f"output_dir: out\n{MINIMAL}")
+        log = io.StringIO()
+        logs.configure(level="debug", stream=log, json=True)
+        clock = VirtualClock()
+        daemon = Daemon(load_config(path, environ={}), source=ScriptedWeChat(clock), clock=clock)
+        before = daemon.config
+        path.write_text(text)
+        assert await daemon.reload(forced=True) is False
+        assert daemon.config is before
+        assert list(daemon.refreshers) == [APPID]
+        events = [json.loads(line) for line in log.getvalue().splitlines()]
+        (event,) = [e for e in events if e["event"].startswith("reload failed")]
+        (problem,) = event["problems"]
+        assert problem.startswith(f"{path}:")
+        assert "alias bomb" in problem or "nested more than 64 deep" in problem

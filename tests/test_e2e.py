@@ -239,7 +239,7 @@ class TestCommands:
         assert got.stdout == d.token("shop")
 
     def test_unusable_output_dir(self, tmp_path: Path) -> None:
-        """An output_dir that cannot be created gives one clear line and exit 1."""
+        """An output_dir that cannot be created is a config error: one line, exit 2."""
         (tmp_path / "s").write_text("secret\n")
         (tmp_path / "file").write_text("")
         path = tmp_path / "config.yaml"
@@ -250,9 +250,11 @@ class TestCommands:
             text=True,
             check=False,
         )
-        assert result.returncode == 1
-        assert "output_dir" in result.stderr
-        assert "Not a directory" in result.stderr
+        assert result.returncode == 2
+        assert (
+            f"{path}:1: output_dir: {tmp_path / 'file' / 'tokens'} cannot be created:"
+            f" {tmp_path / 'file'} is a file — point output_dir at a directory"
+        ) in result.stderr
         assert "Traceback" not in result.stderr
 
     def test_bad_config_exit_2(self, tmp_path: Path) -> None:

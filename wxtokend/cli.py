@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wxtokend import __version__, emulator, logs
 from wxtokend.admin import SigningError, signed_fields
-from wxtokend.config import Config, json_schema, load_config
+from wxtokend.config import Config, check_output_dir, json_schema, load_config
 from wxtokend.daemon import run_daemon
 from wxtokend.errors import ConfigError, FetchError, StateFileError, WxTokendError
 from wxtokend.redact import fingerprint
@@ -124,6 +124,7 @@ def _load(args: argparse.Namespace, *, log_to_stdout: bool = False, secrets: boo
 
 def _run(args: argparse.Namespace) -> int:
     config = _load(args, log_to_stdout=True)
+    check_output_dir(config)  # exit 2 with the config's line, before anything starts
     return asyncio.run(run_daemon(config, once=args.once))
 
 
@@ -211,6 +212,7 @@ def _token_problem(record: Record | None, appid: str, now: float) -> str:
 
 def _check(args: argparse.Namespace) -> int:
     config = _load(args)
+    check_output_dir(config)  # what run would refuse, check refuses too
     print(f"{config.path}: OK — {len(config.apps)} app(s), token files in {config.output_dir}")
     store = TokenStore(directory=config.output_dir, file_mode=config.file_mode, gid=config.file_gid)
     now = time.time()

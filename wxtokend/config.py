@@ -1,20 +1,25 @@
 """Loading and validating the YAML config.
 
-Pydantic checks the shape (and gives the JSON Schema for editors); the steps
-pydantic cannot do — reading secret files and variables, resolving the group,
-finding duplicates — run afterwards. Every problem becomes one line naming the
-file, the line, the key path and the fix, collected into a single
+Reading is bounded (size, values counted through aliases, depth) before anything
+is built, so no file can hang the daemon at a reload. Pydantic checks the shape
+(and gives the JSON Schema for editors); the steps pydantic cannot do — reading
+secret files and variables, resolving the group, finding duplicates — run
+afterwards, on every part whose shape is right. Every problem becomes one line
+naming the file, the line, the key path and the fix, in wxtokend's words, and
+all of them come together, in the file's order, in a single
 :class:`~wxtokend.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import grp
 import math
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,9 @@ from wxtokend.redact import Secret
 
 __all__ = [
     "DEFAULT_WECOM_API_BASE",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
+    "MAX_CONFIG_VALUES",
     "TICKETS_FOR",
     "AdminConfig",
     "AppConfig",
@@ -38,6 +46,7 @@ __all__ = [
     "Grant",
     "GrantChoice",
     "Ticket",
+    "check_output_dir",
     "json_schema",
     "load_config",
     "parse_duration",
@@ -54,11 +63,20 @@ DEFAULT_WECOM_API_BASE = "https://qyapi.weixin.qq.com"
 
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
 OUTPUT_DIR_MODE = 0o750
+# What reading a config may cost, so that a broken or hostile file (an alias bomb, a huge
+# or deeply nested document) is refused in a moment rather than taking the daemon down at
+# a reload. A config of 10,000 apps is about 1.3 MB and 150,000 values, 4 levels deep.
+MAX_CONFIG_BYTES = 8 << 20
+MAX_CONFIG_VALUES = 500_000  # scalars, lists and mappings, counted again at every alias
+MAX_CONFIG_DEPTH = 64  # lists and mappings inside one another
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _APPID = re.compile(r"[\x21-\x7e]{1,128}")
 _REDIS_URL = re.compile(r"^(redis|rediss|unix)://")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_LAST_STEP = re.compile(r"(\.[^.\[\]]*|\[\d+\])$")  # ".key" or "[3]" at a key path's end
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -264,10 +282,11 @@ class _FleetModel(BaseModel):
         return value
 
 
-class _ConfigModel(BaseModel):
-    """wxtokend configuration."""
+class _SettingsModel(BaseModel):
+    """Every top-level key but apps: validated on its own, so that a broken app does not
+    hide the settings' problems and broken settings do not hide the apps'."""
 
-    model_config = ConfigDict(extra="forbid", title="wxtokend configuration")
+    model_config = ConfigDict(extra="forbid")
 
     output_dir: str = Field("/run/wxtoken", description="Where token files are written.")
     file_mode: FileMode = Field(
@@ -301,12 +320,19 @@ class _ConfigModel(BaseModel):
     )
     admin: _AdminModel = Field(default_factory=lambda: _AdminModel.model_validate({}))
     fleet: _FleetModel | None = Field(None, description="Fleet mode through Redis.")
-    apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
 
     @field_validator("api_base", "wecom_api_base", "proxy")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return _check_http_url(value)
+
+
+class _ConfigModel(_SettingsModel):
+    """wxtokend configuration."""
+
+    model_config = ConfigDict(extra="forbid", title="wxtokend configuration")
+
+    apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
 
 
 def _check_http_url(value: str | None) -> str | None:
@@ -347,7 +373,27 @@ _FIXES = {
     "passive_min_interval": "use e.g. 10 or '30s'",
     "max_concurrency": "use a whole number from 1 to 1024",
     "apps": "list at least one app under apps:",
+    "apps[]": "each app is a mapping with appid: and a secret source, e.g."
+    " - {appid: wx0123456789abcdef, secret_file: shop.secret}",
     "appid": "copy the AppID from the WeChat console",
+    "corpid": "copy the CorpID (ww...) from the WeCom console",
+    "agentid": "copy the application's AgentId, a number, from the WeCom console",
+    "kind": "use kind: official (the default) or kind: wecom",
+    "tickets": "list them, e.g. tickets: [jsapi]",
+    "secret_file": "name the file holding the AppSecret, e.g. secret_file: shop.secret",
+    "secret": "quote the AppSecret, or better move it to secret_file or secret_env",
+    "output_dir": "name a directory, e.g. output_dir: /run/wxtoken",
+    "wecom_api_base": "use e.g. https://qyapi.weixin.qq.com",
+    "redis_file": "name the file holding the Redis URL, e.g. redis_file: /etc/wxtokend/redis.url",
+    "key_prefix": "use e.g. key_prefix: wxtokend",
+    "passive_daily_limit": "use a whole number from 1 to 2000",
+    # a section that is not a mapping
+    "admin:": "write admin: as a mapping, e.g. admin: {listen: 127.0.0.1:9735}; to turn the"
+    " admin API off write admin: {listen: null}",
+    "retry:": "write retry: as a mapping, e.g. retry: {min: 1s, max: 1m}, or remove it for the"
+    " defaults",
+    "fleet:": "write fleet: as a mapping, e.g. fleet: {redis_file: /etc/wxtokend/redis.url},"
+    " or remove it to run without a fleet",
 }
 
 
@@ -406,6 +452,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     fleet: FleetSettings | None = None
     warnings: tuple[str, ...] = ()
+    output_dir_line: int | None = None  # for check_output_dir's message
 
     def watched_files(self) -> list[Path]:
         """The files whose change should reload the daemon: the config and secret files."""
@@ -435,14 +482,129 @@ def load_config(
     path = Path(path)
     env = os.environ if environ is None else environ
     loader = _Loader(path)
-    data = loader.read()
+    settings, apps, problems = _validate(loader, loader.read())
+    problems = [*loader.problems, *problems]
+    return _Resolver(loader, settings, apps, env, secrets=secrets, problems=problems).resolve()
+
+
+def check_output_dir(config: Config) -> None:
+    """Refuse an output_dir this process could not create or write, as ``run`` would.
+
+    For the commands that write token files (``run``, ``check``); not for ``get``
+    and ``sign``, which run as consumers that only read them.
+    """
+    problem = _output_dir_problem(config.output_dir)
+    if problem is not None:
+        line = config.output_dir_line
+        where = f"{config.path}:{line}" if line else str(config.path)
+        raise ConfigError([f"{where}: output_dir: {problem[0]} — {problem[1]}"])
+
+
+def _output_dir_problem(directory: Path) -> tuple[str, str] | None:
+    uid = os.geteuid()
+    give = (
+        f"create it for the user wxtokend runs as (uid {uid}): install -d -o {uid} -m 0750"
+        f" {directory}, or under systemd RuntimeDirectory=wxtoken"
+    )
+    if os.path.lexists(directory) and not os.path.exists(directory):
+        return f"{directory} is a symlink to nothing", "point it at a directory, or remove it"
+    if os.path.exists(directory):
+        if not os.path.isdir(directory):
+            return f"{directory} is a file, not a directory", "point output_dir at a directory"
+        if why := _cannot_write_in(directory):
+            return f"{directory} is not writable by this user (uid {uid}): {why}", give
+        return None
+    ancestor = directory.parent
+    while not os.path.exists(ancestor):  # "/" exists
+        ancestor = ancestor.parent
+    if not os.path.isdir(ancestor):
+        return (
+            f"{directory} cannot be created: {ancestor} is a file",
+            "point output_dir at a directory",
+        )
+    if why := _cannot_write_in(ancestor):
+        return (
+            f"{directory} cannot be created: this user (uid {uid}) cannot write in"
+            f" {ancestor}: {why}",
+            give,
+        )
+    return None
+
+
+def _cannot_write_in(directory: Path) -> str:
+    """Why a file cannot be created in ``directory``; empty if it can.
+
+    Tried rather than asked: os.access says yes to root for a read-only mount or
+    /proc. An unnamed temporary file (O_TMPFILE) leaves nothing behind.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return ""
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def _validate(
+    loader: _Loader, data: dict[Any, Any]
+) -> tuple[_SettingsModel, list[_AppModel | None], list[str]]:
+    """The settings, each app (None where invalid, so indices stay) and every shape problem.
+
+    One pass over the whole file when it is valid; otherwise the settings and each
+    app are validated on their own, so every part's problems come out together and
+    the valid parts still get the checks that follow (secrets, duplicates...).
+    """
     try:
         model = _ConfigModel.model_validate(data)
+    except ValidationError:
+        pass  # find out which parts are wrong, below
+    else:
+        return model, list(model.apps), []
+    problems: list[str] = []
+    settings = _valid_settings(loader, {k: v for k, v in data.items() if k != "apps"}, problems)
+    return settings, _valid_apps(loader, data, problems), problems
+
+
+def _valid_settings(loader: _Loader, data: dict[Any, Any], problems: list[str]) -> _SettingsModel:
+    """The settings with every invalid key replaced by its default (after its problem)."""
+    try:
+        return _SettingsModel.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            [loader.problem(_loc(e["loc"]), *_explain(e)) for e in exc.errors()]
-        ) from None
-    return _Resolver(loader, model, env, secrets=secrets).resolve()
+        errors = exc.errors()
+    problems.extend(_problem(loader, e, tuple(e["loc"])) for e in errors)
+    bad = {str(e["loc"][0]) for e in errors}
+    try:
+        return _SettingsModel.model_validate({k: v for k, v in data.items() if str(k) not in bad})
+    except ValidationError:  # cannot happen: the defaults are valid
+        return _SettingsModel.model_validate({})
+
+
+def _valid_apps(
+    loader: _Loader, data: dict[Any, Any], problems: list[str]
+) -> list[_AppModel | None]:
+    if "apps" not in data:
+        problems.append(loader.problem("apps", "is required but missing", _FIXES["apps"]))
+        return []
+    entries = data["apps"]
+    if not isinstance(entries, list) or not entries:
+        problem = f"must be a list of apps, not {_describe(entries)}" if entries else "is empty"
+        problems.append(loader.problem("apps", problem, _FIXES["apps"]))
+        return []
+    apps: list[_AppModel | None] = []
+    for i, entry in enumerate(entries):
+        app = None
+        if not isinstance(entry, dict):
+            problems.append(loader.problem(f"apps[{i}]", "is not a mapping", _FIXES["apps[]"]))
+        else:
+            try:
+                app = _AppModel.model_validate(entry)
+            except ValidationError as exc:
+                problems.extend(_problem(loader, e, ("apps", i, *e["loc"])) for e in exc.errors())
+        apps.append(app)
+    return apps
+
+
+def _problem(loader: _Loader, error: Any, loc: tuple[int | str, ...]) -> str:
+    return loader.problem(_loc(loc), *_explain(error, loc))
 
 
 def _may_chown_to(gid: int) -> bool:
@@ -465,29 +627,99 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _explain(error: Any) -> tuple[str, str]:
-    """(problem, fix) for one pydantic error, never echoing the input (it may be a secret)."""
-    kind, loc = error["type"], error["loc"]
-    key = next((p for p in reversed(loc) if isinstance(p, str)), "")
+def _explain(error: Any, loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """(problem, fix) for one pydantic error, in wxtokend's words.
+
+    Never pydantic's own message (it names internal classes and says "Input should
+    be"), and never the input: it may be a secret. Only its type is described.
+    """
+    kind, ctx = error["type"], error.get("ctx") or {}
+    key = next((str(p) for p in reversed(loc) if isinstance(p, str)), "")
+    fix = _FIXES.get(key, "see `wxtokend schema` or the README for what it takes")
+    got = _describe(error.get("input"))
     if kind == "extra_forbidden":
         fields = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(str(key), fields, n=1)
-        fix = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(fields)
-        return "unknown key", fix
+        close = difflib.get_close_matches(key, fields, n=1)
+        return (
+            "unknown key",
+            f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(fields),
+        )
     if kind == "missing":
         return "is required but missing", _FIXES.get(key, f"add {key}:")
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if key == "secret_env" and kind == "string_pattern_mismatch":
-        message = "is not an environment variable name"  # never echo: it may be the secret
-    if loc == ("apps",) and kind in ("list_type", "too_short"):
-        return message, _FIXES["apps"]
-    if len(loc) == 2 and loc[0] == "apps" and kind in ("model_type", "dict_type"):
-        return "is not a mapping", "each app is a mapping with appid: and a secret source"
-    return message, _FIXES.get(key, "")
+    if kind == "value_error":
+        return str(ctx.get("error", "is not valid")), fix
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping (key: value lines), not {got}", _FIXES.get(f"{key}:", fix)
+    if kind == "list_type":
+        return f"must be a list, not {got}", fix
+    if kind == "string_type":
+        return f"must be text, not {got}", fix
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number, not {got}", fix
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected', 'one of the documented values')}", fix
+    if kind in _BOUNDS:
+        word, bound = _BOUNDS[kind]
+        unit = " s" if key in _DURATION_KEYS else ""
+        limit = ctx.get(bound)
+        shown = f"{limit:g}" if isinstance(limit, int | float) else str(limit)
+        return f"must be {word} {shown}{unit}", fix
+    if kind == "string_pattern_mismatch":
+        return _PATTERNS.get(key, "is not in the expected form"), fix
+    return "is not a valid value", fix
+
+
+_BOUNDS = {
+    "greater_than_equal": ("at least", "ge"),
+    "greater_than": ("more than", "gt"),
+    "less_than_equal": ("at most", "le"),
+    "less_than": ("less than", "lt"),
+}
+_PATTERNS = {
+    "secret_env": "is not an environment variable name",  # never echoed: it may be the secret
+    "key_prefix": "must be 1-64 letters, digits, '_', '.', ':' or '-'",
+}
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "admin": _AdminModel,
+    "fleet": _FleetModel,
+    "retry": _RetryModel,
+}
+_DURATION_KEYS = frozenset(
+    name
+    for model in (_ConfigModel, _AdminModel, _FleetModel, _RetryModel)
+    for name, info in model.model_fields.items()
+    if any(getattr(m, "func", None) is parse_duration for m in info.metadata)
+)
+
+
+def _describe(value: object) -> str:
+    """What kind of YAML value ``value`` is, in the config's words (never the value)."""
+    if value is None:
+        return "null (nothing)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, datetime.date):
+        return "a date (quote it to make it text)"
+    return "binary data"  # the one YAML type left: !!binary
 
 
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
-    model: type[BaseModel] = _AppModel if "apps" in loc else _ConfigModel
+    """The keys valid where ``loc`` points: the top level, an app, or a section."""
+    model: type[BaseModel] = _ConfigModel
+    if loc and loc[0] == "apps":
+        model = _AppModel
+    elif loc:
+        model = _SECTIONS.get(str(loc[0]), _ConfigModel)
     return sorted(model.model_fields)
 
 
@@ -497,26 +729,36 @@ class _Loader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lines: dict[str, int] = {}
+        self.problems: list[str] = []  # about keys: the rest of the file is still judged
+
+    def line_of(self, keypath: str) -> int | None:
+        """The line of ``keypath``; of its nearest enclosing key if it is not in the file."""
+        while keypath:
+            if line := self.lines.get(keypath):
+                return line
+            parent = _LAST_STEP.sub("", keypath)
+            if parent == keypath:
+                return None
+            keypath = parent
+        return None
 
     def problem(self, keypath: str, problem: str, fix: str = "") -> str:
-        line = self.lines.get(keypath)
+        line = self.line_of(keypath)
         where = f"{self.path}:{line}" if line else str(self.path)
         text = f"{where}: {keypath}: {problem}" if keypath else f"{where}: {problem}"
         return f"{text} — {fix}" if fix else text
 
     def read(self) -> Any:
+        text = self._text()
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                [f"{self.path}: no such config file — pass the right path with -c"]
-            ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError([f"{self.path}: cannot read the config file: {reason}"]) from None
-        try:
+            _check_cost(text)
             node = yaml.compose(text, Loader=_COMPOSER)
-            data = _StrictLoader(text).construct_document(node) if node is not None else None
+            if node is not None:
+                self._index(node, "")  # before merges copy keys in with the anchor's lines
+            data = yaml.SafeLoader(text).construct_document(node) if node is not None else None
+        except _TooCostly as exc:
+            line = exc.mark.line + 1
+            raise ConfigError([f"{self.path}:{line}: {exc.problem} — {exc.fix}"]) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark
             where = f"{self.path}:{mark.line + 1}:{mark.column + 1}" if mark else str(self.path)
@@ -525,20 +767,72 @@ class _Loader:
             ) from None
         except yaml.YAMLError as exc:
             raise ConfigError([f"{self.path}: invalid YAML: {exc}"]) from None
-        if node is not None:
-            self._index(node, "")
         if not isinstance(data, dict):
             raise ConfigError(
                 [f"{self.path}: not a YAML mapping — start it with output_dir: and apps: keys"]
             )
         return data
 
+    def _text(self) -> str:
+        try:
+            with self.path.open("rb") as file:
+                raw = file.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file claims
+        except FileNotFoundError:
+            raise ConfigError(
+                [f"{self.path}: no such config file — pass the right path with -c"]
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                [f"{self.path}: cannot read the config file: {exc.strerror}"]
+            ) from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [
+                    f"{self.path}: larger than {MAX_CONFIG_BYTES >> 20} MB, the limit for a config"
+                    " file — check that -c names the config (10,000 apps take about 1.3 MB)"
+                ]
+            )
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                [f"{self.path}: cannot read the config file: not UTF-8 text"]
+            ) from None
+
     def _index(self, node: yaml.Node, prefix: str) -> None:
+        """Record every key's line; and so that building the data cannot fail on a key,
+        drop (as problems) duplicate keys and list or mapping keys, and read every
+        other key as the text written: no config key is a number, true or null, so
+        ``1:``, ``yes:`` or ``null:`` is an unknown key, reported as written."""
         if isinstance(node, yaml.MappingNode):
+            kept: list[tuple[yaml.Node, yaml.Node]] = []
+            first: dict[str, int] = {}
             for key, value in node.value:
+                line = key.start_mark.line + 1
+                if key.tag == _MERGE:
+                    kept.append((key, value))
+                    continue  # merged keys are the entry's own: they take its line
+                if not isinstance(key, yaml.ScalarNode):
+                    where = f"{self.path}:{line}: {prefix}" if prefix else f"{self.path}:{line}"
+                    self.problems.append(
+                        f"{where}: a key must be a plain word, not a list or mapping"
+                        " — check the indentation and any '?' there"
+                    )
+                    continue
                 path = f"{prefix}.{key.value}" if prefix else str(key.value)
-                self.lines[path] = key.start_mark.line + 1
+                if key.value in first:
+                    self.problems.append(
+                        f"{self.path}:{line}: {path}: appears twice in one mapping (first on"
+                        f" line {first[key.value]}) — keep one of them"
+                    )
+                    continue
+                first[key.value] = line
+                if key.tag != _STR:
+                    key = yaml.ScalarNode(_STR, key.value, key.start_mark, key.end_mark)
+                kept.append((key, value))
+                self.lines[path] = line
                 self._index(value, path)
+            node.value = kept
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 path = f"{prefix}[{i}]"
@@ -546,33 +840,95 @@ class _Loader:
                 self._index(item, path)
 
 
+class _TooCostly(Exception):
+    """The document would cost too much to build: refused before anything is built."""
+
+    def __init__(self, mark: Any, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.mark, self.problem, self.fix = mark, problem, fix
+
+
+def _check_cost(text: str) -> None:
+    """Refuse a document nested too deep, or too big once its aliases are expanded.
+
+    Everything after parsing (composing, line indexing, validation) walks each alias
+    again, so nine levels of nine aliases ("billion laughs") would be 387 million
+    values. This pass runs on the parser's events, before any node exists: it keeps
+    one number per anchor, so memory stays flat and each event costs the same.
+    """
+    sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
+    open_: list[tuple[int, str | None]] = []  # (values before it, anchor) per open list/map
+    values = plain = 0  # values with aliases expanded / as written
+    for event in yaml.parse(text, Loader=_COMPOSER):
+        if isinstance(event, yaml.ScalarEvent):  # the commonest first: this loop is hot
+            values, plain = values + 1, plain + 1
+            if event.anchor:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            before, anchor = open_.pop()
+            if anchor:
+                sizes[anchor] = values - before
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(open_) == MAX_CONFIG_DEPTH:
+                raise _TooCostly(
+                    event.start_mark,
+                    f"lists and mappings nested more than {MAX_CONFIG_DEPTH} deep",
+                    "a config needs 4 levels (apps, an app, its tickets): check the brackets"
+                    " and the indentation",
+                )
+            open_.append((values, event.anchor))
+            values, plain = values + 1, plain + 1
+        elif isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for _, anchor in open_):
+                raise _TooCostly(
+                    event.start_mark,
+                    f"alias *{event.anchor} is inside the node &{event.anchor} it names,"
+                    " an endless loop",
+                    "move the alias out of its anchor's node",
+                )
+            values += sizes.get(event.anchor or "", 1)  # undefined: the composer says so
+        if values > MAX_CONFIG_VALUES:
+            raise _too_many(event.start_mark, aliased=plain <= MAX_CONFIG_VALUES)
+
+
+def _too_many(mark: Any, *, aliased: bool) -> _TooCostly:
+    limit = f"{MAX_CONFIG_VALUES:,}"
+    if aliased:
+        return _TooCostly(
+            mark,
+            f"aliases here expand the document past {limit} values (an alias bomb?)",
+            "write the repeated parts out, or alias only small parts such as <<: *defaults",
+        )
+    return _TooCostly(
+        mark,
+        f"the document holds more than {limit} values",
+        "split the apps over several wxtokend instances (10,000 apps are about 150,000 values)",
+    )
+
+
 # libyaml's parser when PyYAML has it: the pure-Python one took seconds for 10,000 apps.
-# Its nodes carry the same line marks; construction stays in _StrictLoader.
+# Its nodes carry the same line marks; construction stays in the Python SafeLoader.
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last."""
+def _in_file_order(path: Path, problems: list[str]) -> list[str]:
+    """Problems by line (those of the whole file first), in the order one reads the file."""
+    line = re.compile(re.escape(str(path)) + r":(\d+):")
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *defaults` may be overridden by the mapping's own keys
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool | None):
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    "a key must be a plain word, not a list or mapping",
-                    key_node.start_mark,
-                )
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    def line_of(problem: str) -> int:
+        found = line.match(problem)
+        return int(found.group(1)) if found else 0
+
+    return sorted(problems, key=line_of)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Named:
+    """An app's identity, known before its secret is read."""
+
+    kind: str
+    appid: str
+    name: str
 
 
 class _Resolver:
@@ -581,28 +937,34 @@ class _Resolver:
     def __init__(
         self,
         loader: _Loader,
-        model: _ConfigModel,
+        model: _SettingsModel,
+        apps: list[_AppModel | None],
         env: os._Environ[str] | dict[str, str],
         *,
         secrets: bool,
+        problems: list[str],
     ):
         self.loader = loader
         self.secrets = secrets
         self.model = model
+        self.apps = apps  # None where the entry's shape is wrong: already a problem
         self.env = env
         self.base = loader.path.absolute().parent
-        self.problems: list[str] = []
+        self.problems = problems
         self.warnings: list[str] = []
+        # Each app's appid and name once known, even if its secret then fails: duplicates
+        # are found among every app that got that far, not only the fully valid ones.
+        self.named: dict[int, _Named] = {}
 
     def resolve(self) -> Config:
-        apps = tuple(self._app(i, a) for i, a in enumerate(self.model.apps))
+        apps = tuple(None if a is None else self._app(i, a) for i, a in enumerate(self.apps))
         self._duplicates(apps)
         gid = self._group()
         fleet = self._fleet()
         self._retry()
         self._inline_secret_warning()
         if self.problems:
-            raise ConfigError(self.problems)
+            raise ConfigError(_in_file_order(self.loader.path, self.problems))
         return Config(
             path=self.loader.path.absolute(),
             output_dir=self.base / self.model.output_dir,
@@ -619,6 +981,7 @@ class _Resolver:
             admin=self._admin(),
             fleet=fleet,
             warnings=tuple(self.warnings),
+            output_dir_line=self.loader.line_of("output_dir"),
         )
 
     def _fleet(self) -> FleetSettings | None:
@@ -698,6 +1061,7 @@ class _Resolver:
         if app.name is None and not _NAME.fullmatch(name):
             self._fail(f"{where}.appid", "can't be used as a file name", "set name: for this app")
             return None
+        self.named[index] = _Named(kind=app.kind, appid=ident, name=name)
         allowed = TICKETS_FOR[app.kind]
         for i, ticket in enumerate(app.tickets):
             if ticket not in allowed:
@@ -828,14 +1192,19 @@ class _Resolver:
             return None
         return value
 
-    def _duplicates(self, apps: tuple[AppConfig | None, ...]) -> None:
+    def _duplicates(self, resolved: tuple[AppConfig | None, ...]) -> None:
+        apps = [resolved[i] or self.named.get(i) for i in range(len(resolved))]
         flagged: set[int] = set()
-        checks: list[tuple[str, Callable[[AppConfig], object]]] = [
+        checks: list[tuple[str, Callable[[AppConfig | _Named], object]]] = [
             ("appid", lambda a: a.appid if a.kind == "official" else None),
             # Without secrets loaded (get, sign) every secret is blank: nothing to compare.
             (
                 "secret",
-                lambda a: (a.appid, a.secret) if a.kind == "wecom" and self.secrets else None,
+                lambda a: (
+                    (a.appid, a.secret)
+                    if isinstance(a, AppConfig) and a.kind == "wecom" and self.secrets
+                    else None
+                ),
             ),
             ("name", lambda a: a.name),
         ]
@@ -851,7 +1220,9 @@ class _Resolver:
                 flagged.add(i)
                 self._fail(*self._duplicate(i, attr, app, first[value]))
 
-    def _duplicate(self, i: int, attr: str, app: AppConfig, other: int) -> tuple[str, str, str]:
+    def _duplicate(
+        self, i: int, attr: str, app: AppConfig | _Named, other: int
+    ) -> tuple[str, str, str]:
         if attr == "secret":
             return (
                 f"apps[{i}]",
@@ -859,7 +1230,7 @@ class _Resolver:
                 " WeCom application twice",
                 "each WeCom application has its own secret; keep one entry",
             )
-        explicit = attr == "name" and self.model.apps[i].name is not None
+        explicit = attr == "name" and getattr(self.apps[i], "name", None) is not None
         value = app.name if attr == "name" else app.appid
         return (
             f"apps[{i}].{'name' if explicit else 'appid'}",
@@ -896,7 +1267,7 @@ class _Resolver:
 
     def _inline_secret_warning(self) -> None:
         inline = [
-            f"apps[{i}].secret" for i, a in enumerate(self.model.apps) if a.secret is not None
+            f"apps[{i}].secret" for i, a in enumerate(self.apps) if a and a.secret is not None
         ]
         if not inline:
             return
