@@ -858,7 +858,6 @@ class Refresher:
         if await self._save(record):
             self._unsaved = False
             self.write_failures = 0
-            self.write_error = None
             self.next_at = self._planned
             if self._on_written is not None:
                 self._on_written()
@@ -887,6 +886,7 @@ class Refresher:
             finally:
                 self.writing_since = None
             self.written_token = record.access_token
+            self.write_error = self.write_hint = None
         return True
 
     def _save_now(self, record: Record) -> bool:
@@ -896,6 +896,7 @@ class Refresher:
         except OSError as exc:
             return self._write_failed(exc)
         self.written_token = record.access_token
+        self.write_error = self.write_hint = None
         return True
 
     def _write_failed(self, exc: OSError) -> bool:
@@ -907,10 +908,22 @@ class Refresher:
         return False
 
     async def _mark_refreshing(self) -> None:
-        """Before a classic fetch, note it in the JSON: it will invalidate the current token."""
+        """Before a classic fetch, note it in the JSON: it will invalidate the current token.
+
+        If the note cannot be written, neither could the new token be: the fetch would
+        only kill the token consumers hold. While that one is valid, the fetch waits
+        (a transient error, retried with backoff) for the disk to come back.
+        """
         record = self.record
-        if self.schedule_grant == "classic" and record is not None and not self._unsaved:
-            await self._save(record.refreshing(self._clock.now()))
+        if self.schedule_grant != "classic" or record is None or self._unsaved:
+            return
+        if await self._save(record.refreshing(self._clock.now())):
+            return
+        if self.has_valid_token() and self.written_token == record.access_token:
+            raise TransientError(
+                f"fetch deferred, the token on disk stays valid: {self.write_error}",
+                hint=self.write_hint or "",
+            )
 
     async def _mark_if_expired(self, *, force: bool = False) -> None:
         record = self.record
