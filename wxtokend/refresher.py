@@ -256,9 +256,9 @@ class Refresher:
 
     def has_valid_token(self) -> bool:
         """Valid by the wall clock *and* the monotonic one: a clock step either way is safe."""
-        return self._valid_for() > 0
+        return self.valid_for() > 0
 
-    def _valid_for(self) -> float:
+    def valid_for(self) -> float:
         """Seconds the current token has left (0 if none): the lesser of both clocks' answer."""
         record = self.record
         if record is None or record.expired:
@@ -809,7 +809,7 @@ class Refresher:
         now = self._clock.now()
         self.failures += 1
         self.last_error = error
-        left = self._valid_for()
+        left = self.valid_for()
         valid_until = now + left if left > 0 else None
         self.next_at = retry_at(
             now=now,
@@ -929,7 +929,7 @@ class Refresher:
         record = self.record
         if record is None or record.expired:
             return
-        if not force and self._valid_for() > 0:
+        if not force and self.valid_for() > 0:
             return
         self.record = record.as_expired()
         await self._save(self.record)
@@ -956,7 +956,7 @@ class Refresher:
         renews_after = (
             self.schedule_grant == "wecom" and at - (record.expires_at if record else 0) < 5
         )
-        left = self._valid_for()
+        left = self.valid_for()
         if record is not None and 0 < left < at - now and not renews_after:
             if not await self._nap(left):
                 return False
