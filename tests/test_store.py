@@ -94,7 +94,7 @@ class TestAtomicWrite:
         path = tmp_path / "shop"
         atomic_write(path, b"OLD", mode=0o640)
 
-        def refuse(src: object, dst: object) -> None:
+        def refuse(src: object, dst: object, **_: object) -> None:
             raise PermissionError(13, "Permission denied")
 
         monkeypatch.setattr(os, "replace", refuse)

@@ -32,7 +32,7 @@ from wxtokend.metrics import Metrics
 from wxtokend.notify import Notifier
 from wxtokend.refresher import Refresher, TicketRefresher, Upstream
 from wxtokend.schedule import Policy, Rng
-from wxtokend.store import TICKET_KINDS, TOKEN, TokenStore
+from wxtokend.store import TICKET_KINDS, TOKEN, TokenStore, UnsafeDirectoryError
 from wxtokend.watch import ConfigWatcher, content_fingerprint
 from wxtokend.wechat import WeChatClient
 
@@ -41,6 +41,10 @@ __all__ = ["Daemon", "run_daemon"]
 _CRASH_PAUSE = 5.0
 _STATUS_EVERY = 30.0
 _RELOAD_SETTLE = 0.3  # editors and kubelet write in bursts: reload once per burst
+_CLOCK_CHECK_EVERY = 1.0
+# How far the wall clock may move against the monotonic one between two checks
+# before it counts as a step (NTP slewing moves it by under a millisecond a second).
+_CLOCK_STEP = 2.0
 # Global settings a running daemon cannot change in place.
 _RESTART_ONLY = ("output_dir", "proxy", "request_timeout", "max_concurrency", "admin", "fleet")
 
@@ -175,12 +179,18 @@ class Daemon:
     def start(self) -> list[Refresher]:
         """Prepare the directory and adopt valid tokens left by an earlier run."""
         try:
+            self.store.ensure_directory()
+            warnings = self.store.check_directory()
             removed = self.store.prepare()
+        except UnsafeDirectoryError as exc:
+            raise ConfigError([f"{self.config.path}: output_dir: {exc}"]) from None
         except OSError as exc:
             raise OutputDirError(
                 f"output_dir {self.config.output_dir}: {exc.strerror} — create it writable for"
                 " the user wxtokend runs as (systemd: RuntimeDirectory=wxtoken)"
             ) from None
+        for warning in warnings:
+            self._log.warning("output_dir", problem=warning)
         if removed:
             self._log.info("removed temp files left by a crash", files=removed)
         for loop in self._loops.values():
@@ -211,6 +221,7 @@ class Daemon:
             ),
             asyncio.create_task(self._announce(), name="notify"),
             asyncio.create_task(self._reloader(watcher), name="reload"),
+            asyncio.create_task(self._watch_clock(), name="clock"),
             *self._fleet_tasks(),
         ]
         try:
@@ -348,6 +359,22 @@ class Daemon:
             except Exception:
                 self._log.exception("refresh loop crashed; restarting", app=refresher.app.name)
                 await self.clock.sleep(_CRASH_PAUSE)
+
+    async def _watch_clock(self) -> None:
+        """Tell every loop when the wall clock is stepped (by hand, NTP, a VM resume).
+
+        Sleeps run on the monotonic clock, so without this a step forward past a
+        token's expiry would go unnoticed until the loop's next wake-up.
+        """
+        offset = self.clock.now() - self.clock.monotonic()
+        while True:
+            await self.clock.sleep(_CLOCK_CHECK_EVERY)
+            stepped = self.clock.now() - self.clock.monotonic() - offset
+            offset += stepped
+            if abs(stepped) >= _CLOCK_STEP:
+                self._log.warning("the wall clock was stepped", by_seconds=round(stepped, 1))
+                for loop in self._loops.values():
+                    loop.clock_stepped(stepped)
 
     # -- fleet ---------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from wxtokend.schedule import (
     retry_at,
     unchanged_retry_at,
 )
-from wxtokend.store import TOKEN, Record, TokenStore
+from wxtokend.store import TOKEN, Record, TokenStore, write_fix
 from wxtokend.wechat import Token
 
 __all__ = [
@@ -66,7 +66,6 @@ PassiveResult = Literal[
     "refreshed", "newer", "rate_limited", "force_budget_spent", "failed", "no_token"
 ]
 
-_WRITE_HINT = "let the user wxtokend runs as write to output_dir (and be in file_group); retrying"
 _STUCK_AFTER = 60.0  # seconds a loop may be late, or a fetch run beyond its timeout
 
 
@@ -120,6 +119,7 @@ class Refresher:
     __slots__ = (
         "_clock",
         "_closed",
+        "_expires_mono",
         "_files",
         "_fleet",
         "_fleet_held",
@@ -153,6 +153,7 @@ class Refresher:
         "record",
         "write_error",
         "write_failures",
+        "write_hint",
         "writing_since",
         "written_token",
     )
@@ -199,6 +200,9 @@ class Refresher:
             app=app.name, appid=app.appid, grant=app.grant, **self._log_context()
         )
         self.record: Record | None = None
+        # When the record's token expires on the monotonic clock: a wall clock set
+        # back must not stretch its life (one set forward shortens it, by wall time).
+        self._expires_mono = float("inf")
         self.next_at = clock.now()
         self._planned = self.next_at  # the refresh point, kept while a file write is retried
         self.failures = 0
@@ -206,6 +210,7 @@ class Refresher:
         self._unsaved = False
         self.write_failures = 0
         self.write_error: str | None = None
+        self.write_hint: str | None = None
         self.busy_since: float | None = None
         self.writing_since: float | None = None  # monotonic start of a file write in progress
         self.written_token: str | None = None  # the token the files on disk hold
@@ -250,8 +255,23 @@ class Refresher:
         )
 
     def has_valid_token(self) -> bool:
+        """Valid by the wall clock *and* the monotonic one: a clock step either way is safe."""
+        return self.valid_for() > 0
+
+    def valid_for(self) -> float:
+        """Seconds the current token has left (0 if none): the lesser of both clocks' answer."""
         record = self.record
-        return record is not None and not record.expired and self._clock.now() < record.expires_at
+        if record is None or record.expired:
+            return 0.0
+        left = min(
+            record.expires_at - self._clock.now(), self._expires_mono - self._clock.monotonic()
+        )
+        return max(0.0, left)
+
+    def _hold(self, record: Record, expires_in: float) -> None:
+        """Take ``record`` as the current token, valid ``expires_in`` seconds from now."""
+        self.record = record
+        self._expires_mono = self._clock.monotonic() + expires_in
 
     def status(self) -> AppStatus:
         record, error = self.record, self.last_error
@@ -273,7 +293,7 @@ class Refresher:
             next_refresh=self.next_at,
             consecutive_failures=self.failures,
             last_error=problem,
-            hint=error.hint if error else (_WRITE_HINT if self.write_error else None),
+            hint=error.hint if error else (self.write_hint if self.write_error else None),
         )
 
     def stuck(self, *, fetch_limit: float) -> str | None:
@@ -297,6 +317,18 @@ class Refresher:
         """Stop for good (reload removed or replaced this app): finish any fetch, write nothing."""
         async with self._lock:
             self._closed = True
+
+    def clock_stepped(self, by: float) -> None:
+        """The wall clock was stepped ``by`` seconds: re-plan at once.
+
+        Forward, whatever is due by the new wall time (a token now expired) is done
+        now. Back, the plan is moved with the clock, so it keeps its moment in real
+        time: no wait grows by the step, and no extra fetch.
+        """
+        if by < 0:
+            self.next_at += by
+            self._planned += by
+        self._wake.set()
 
     def reconfigure(self, app: AppConfig, *, policy: Policy) -> None:
         """A reload kept this app's fetch settings: take its new details, keep the token."""
@@ -335,7 +367,7 @@ class Refresher:
         now = self._clock.now()
         if record.expired or now >= record.expires_at:
             return False
-        self.record = record
+        self._hold(record, record.expires_at - now)
         self.next_at = self._planned = self._refresh_point(record, now)
         if record.interrupted() or refetch:
             # Interrupted: WeChat may have issued a newer token, killing this one soon.
@@ -740,7 +772,7 @@ class Refresher:
         if (
             self.kind == TOKEN  # a ticket repeated is simply valid for expires_in from now
             and previous is not None
-            and not previous.expired
+            and self.has_valid_token()  # else (a clock step, a long stop) its times are stale
             and token.access_token == previous.access_token
         ):
             self.next_at = unchanged_retry_at(
@@ -762,7 +794,7 @@ class Refresher:
             kind=self.kind,
         )
         REDACTOR.register(f"{self.kind}:{self.app.name}", token.access_token, label="<token>")
-        self.record = record
+        self._hold(record, token.expires_at - now)
         self._planned = self._refresh_point(
             record, now, fetched_at=token.fetched_at, expires_at=token.expires_at
         )
@@ -777,7 +809,8 @@ class Refresher:
         now = self._clock.now()
         self.failures += 1
         self.last_error = error
-        valid_until = self.record.expires_at if self.has_valid_token() and self.record else None
+        left = self.valid_for()
+        valid_until = now + left if left > 0 else None
         self.next_at = retry_at(
             now=now,
             error=error,
@@ -825,7 +858,6 @@ class Refresher:
         if await self._save(record):
             self._unsaved = False
             self.write_failures = 0
-            self.write_error = None
             self.next_at = self._planned
             if self._on_written is not None:
                 self._on_written()
@@ -854,6 +886,7 @@ class Refresher:
             finally:
                 self.writing_since = None
             self.written_token = record.access_token
+            self.write_error = self.write_hint = None
         return True
 
     def _save_now(self, record: Record) -> bool:
@@ -863,26 +896,40 @@ class Refresher:
         except OSError as exc:
             return self._write_failed(exc)
         self.written_token = record.access_token
+        self.write_error = self.write_hint = None
         return True
 
     def _write_failed(self, exc: OSError) -> bool:
         where = exc.filename or self._store.directory
-        self.write_error = f"cannot write token files: {exc.strerror} ({where})"
+        self.write_hint = write_fix(exc)
+        self.write_error = f"cannot write token files: {exc.strerror} ({where}) — {self.write_hint}"
         self._metrics.write_error()
-        self._log.error("write failed", error=self.write_error, fix=_WRITE_HINT)
+        self._log.error("write failed", error=self.write_error)
         return False
 
     async def _mark_refreshing(self) -> None:
-        """Before a classic fetch, note it in the JSON: it will invalidate the current token."""
+        """Before a classic fetch, note it in the JSON: it will invalidate the current token.
+
+        If the note cannot be written, neither could the new token be: the fetch would
+        only kill the token consumers hold. While that one is valid, the fetch waits
+        (a transient error, retried with backoff) for the disk to come back.
+        """
         record = self.record
-        if self.schedule_grant == "classic" and record is not None and not self._unsaved:
-            await self._save(record.refreshing(self._clock.now()))
+        if self.schedule_grant != "classic" or record is None or self._unsaved:
+            return
+        if await self._save(record.refreshing(self._clock.now())):
+            return
+        if self.has_valid_token() and self.written_token == record.access_token:
+            raise TransientError(
+                f"fetch deferred, the token on disk stays valid: {self.write_error}",
+                hint=self.write_hint or "",
+            )
 
     async def _mark_if_expired(self, *, force: bool = False) -> None:
         record = self.record
         if record is None or record.expired:
             return
-        if not force and self._clock.now() < record.expires_at:
+        if not force and self.valid_for() > 0:
             return
         self.record = record.as_expired()
         await self._save(self.record)
@@ -909,17 +956,13 @@ class Refresher:
         renews_after = (
             self.schedule_grant == "wecom" and at - (record.expires_at if record else 0) < 5
         )
-        if (
-            record is not None
-            and not record.expired
-            and now < record.expires_at < at
-            and not renews_after
-        ):
-            if not await self._nap(record.expires_at - now):
+        left = self.valid_for()
+        if record is not None and 0 < left < at - now and not renews_after:
+            if not await self._nap(left):
                 return False
             if self.record is record:
                 await self._mark_if_expired(force=True)
-            now = record.expires_at
+            now += left
         return await self._nap(at - now)
 
     async def _nap(self, seconds: float) -> bool:

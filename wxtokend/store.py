@@ -12,25 +12,50 @@ mode), fsynced, renamed over the old one and the directory fsynced, so a reader
 sees the old file or the new one, never a mix. The JSON goes first: after a
 crash between the two renames the JSON already names the newer token and the
 next start repairs the bare file, never the other way round.
+
+Nothing from outside is trusted: every file is reached through a descriptor of
+the directory itself (opened ``O_NOFOLLOW``, so a symlink swapped in for it is
+refused, not followed), files are read ``O_NOFOLLOW`` and only if regular, and a
+symlink planted at a token or temp name is replaced by the rename, never written
+through. A directory anyone may write to without the sticky bit is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import secrets
+import stat
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from wxtokend.config import OUTPUT_DIR_MODE, Grant
-from wxtokend.errors import StateFileError
+from wxtokend.errors import OutputDirError, StateFileError
 from wxtokend.wechat import MAX_TOKEN_LENGTH, Token, is_valid_token
 
-__all__ = ["TICKET_KINDS", "TOKEN", "Record", "TokenStore", "atomic_write", "file_name"]
+__all__ = [
+    "TICKET_KINDS",
+    "TOKEN",
+    "Record",
+    "TokenStore",
+    "UnsafeDirectoryError",
+    "atomic_write",
+    "check_directory",
+    "file_name",
+    "write_fix",
+]
 
 _TEMP_MARK = ".tmp-"
+_TEMP_TRIES = 3  # fresh random temp names tried before giving up (a name taken is planted)
+_MAX_STATE_BYTES = 64 * 1024  # a state file is ~300 bytes: a bigger one is not ours
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted at a file name must not hang the daemon in open().
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TOKEN = "access_token"  # noqa: S105  # a kind label, not a credential
 TICKET_KINDS = ("jsapi", "wx_card", "agent_config")
 
@@ -144,6 +169,67 @@ def file_name(name: str, kind: str = TOKEN) -> str:
     return name if kind == TOKEN else f"{name}.{kind}_ticket"
 
 
+class UnsafeDirectoryError(OutputDirError):
+    """output_dir is one others could tamper with: the daemon refuses to use it."""
+
+
+def check_directory(directory: Path) -> list[str]:
+    """Refuse an output_dir others can tamper with; warnings for what is merely risky.
+
+    The one place this is decided (the daemon's start, and ``wxtokend check``):
+
+    - a symlink: refused, since whoever can swap the link redirects every write;
+    - writable by everyone without the sticky bit: refused, since anyone could
+      rename their own file over a token file (with the sticky bit, as on
+      Kubernetes' memory-backed emptyDir, only the owner of a file can);
+    - owned by another user than the daemon's (root aside): a warning, since that
+      user can replace the token files but may be a deliberate setup.
+    """
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return []  # created 0750 at start
+    except OSError as exc:
+        raise OutputDirError(f"output_dir {directory}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeDirectoryError(
+            f"{directory} is a symlink (to {os.readlink(directory)}): whoever can swap it"
+            " redirects the token files — set output_dir to the directory itself"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputDirError(
+            f"output_dir {directory} is not a directory — remove it or fix the path"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise UnsafeDirectoryError(
+            f"{directory} is writable by every user (mode {mode:04o}) without the sticky bit:"
+            f" anyone could replace the token files — chmod o-w {directory} (or chmod +t)"
+        )
+    warnings = []
+    euid = os.geteuid()
+    if st.st_uid not in (euid, 0):
+        warnings.append(
+            f"{directory} is owned by uid {st.st_uid}, not the daemon's uid {euid}: that user"
+            f" can replace the token files — chown {euid} {directory} unless that is intended"
+        )
+    return warnings
+
+
+def write_fix(exc: OSError) -> str:
+    """What to do about a failed token file write, by its cause."""
+    where = exc.filename or "output_dir"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space on output_dir's filesystem; wxtokend retries the write by itself"
+    if exc.errno == errno.EROFS:
+        return "output_dir's filesystem is read-only: remount it read-write; retrying"
+    if exc.errno == errno.EISDIR:
+        return f"{where} is a directory: remove it, wxtokend writes its token file there; retrying"
+    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+        return "output_dir must be a directory, not a symlink: fix the path; retrying"
+    return "let the user wxtokend runs as write to output_dir (and be in file_group); retrying"
+
+
 class TokenStore:
     """The output directory and the two files per app in it."""
 
@@ -157,39 +243,51 @@ class TokenStore:
 
     def ensure_directory(self) -> None:
         """Create the directory with mode 0750 exactly (and the group) if it is missing."""
-        if not self.directory.is_dir():
+        if not os.path.lexists(self.directory):
             self.directory.mkdir(parents=True, mode=OUTPUT_DIR_MODE)
             os.chmod(self.directory, OUTPUT_DIR_MODE)
             if self.gid is not None:
                 os.chown(self.directory, -1, self.gid)
 
+    def check_directory(self) -> list[str]:
+        """:func:`check_directory` on this store's directory."""
+        return check_directory(self.directory)
+
     def prepare(self) -> list[str]:
-        """At daemon start: ensure the directory; remove temp files a crash left behind."""
+        """At daemon start: ensure the directory; remove temp files a crash left behind.
+
+        A symlink with a temp name goes too: temp names are ours, whatever they hold.
+        """
         self.ensure_directory()
         removed = []
-        for entry in os.scandir(self.directory):
-            if entry.name.startswith(".") and _TEMP_MARK in entry.name and entry.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed.append(entry.name)
+        with _open_dir(self.directory) as fd:
+            for entry in os.scandir(fd):
+                if not (entry.name.startswith(".") and _TEMP_MARK in entry.name):
+                    continue
+                if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=fd)
+                        removed.append(entry.name)
         return removed
 
     def save(self, record: Record) -> bool:
         """Write both files (JSON first); True if anything on disk changed."""
         token_path, json_path = self.paths(record.file)
-        wrote_json = atomic_write(json_path, record.to_json(), mode=self.file_mode, gid=self.gid)
-        wrote_token = atomic_write(
-            token_path, record.access_token.encode(), mode=self.file_mode, gid=self.gid
-        )
-        if wrote_json or wrote_token:
-            _fsync_dir(self.directory)
+        with _open_dir(self.directory) as fd:
+            wrote_json = _write_at(fd, json_path, record.to_json(), self.file_mode, self.gid)
+            wrote_token = _write_at(
+                fd, token_path, record.access_token.encode(), self.file_mode, self.gid
+            )
+            if wrote_json or wrote_token:
+                os.fsync(fd)
         return wrote_json or wrote_token
 
     def load(self, name: str, kind: str = TOKEN) -> Record | None:
         """The record in ``<name>.json``; None if there is none; StateFileError if unusable."""
         _, json_path = self.paths(file_name(name, kind))
         try:
-            data = json_path.read_bytes()
+            with _open_dir(self.directory) as fd:
+                data = _read_at(fd, json_path, _MAX_STATE_BYTES)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -197,54 +295,116 @@ class TokenStore:
         return Record.from_json(data, kind)
 
     def remove(self, name: str, kinds: tuple[str, ...] = (TOKEN, *TICKET_KINDS)) -> None:
-        """Delete an app's files: its token and tickets, or only the ``kinds`` given."""
-        for kind in kinds:
-            for path in self.paths(file_name(name, kind)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        _fsync_dir(self.directory)
+        """Delete an app's files: its token and tickets, or only the ``kinds`` given.
+
+        Only files and links (unlink never follows a link): a directory at a token
+        name is not ours to delete.
+        """
+        with _open_dir(self.directory) as fd:
+            for kind in kinds:
+                for path in self.paths(file_name(name, kind)):
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.unlink(path.name, dir_fd=fd)
+            os.fsync(fd)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int, gid: int | None = None) -> bool:
     """Replace ``path`` with ``data`` atomically; skip (False) if it already holds exactly that."""
-    if _already(path, data, mode, gid):
-        return False
-    temp = path.with_name(f".{path.name}{_TEMP_MARK}{secrets.token_hex(4)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    with _open_dir(path.parent) as fd:
+        return _write_at(fd, path, data, mode, gid)
+
+
+@contextlib.contextmanager
+def _open_dir(directory: Path) -> Iterator[int]:
+    """A descriptor of ``directory`` itself; a symlink in its place is refused, not followed.
+
+    Every file operation goes through it, so the directory checked is the one written.
+    """
     try:
-        try:
-            os.fchmod(fd, mode)  # the umask trimmed the mode given to open
-            if gid is not None and os.fstat(fd).st_gid != gid:
-                os.fchown(fd, -1, gid)  # skipped when already right: no chown privilege needed
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        fd = os.open(directory, _DIR_FLAGS)
+    except NotADirectoryError:
+        if os.path.islink(directory):
+            raise OSError(errno.ELOOP, "is a symlink now (not followed)", str(directory)) from None
         raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _write_at(directory: int, path: Path, data: bytes, mode: int, gid: int | None) -> bool:
+    """:func:`atomic_write` inside an open directory; errors name ``path``, not the temp file."""
+    if _already(directory, path.name, data, mode, gid):
+        return False
+    try:
+        temp, fd = _create_temp(directory, path.name, mode)
+        try:
+            try:
+                os.fchmod(fd, mode)  # the umask trimmed the mode given to open
+                if gid is not None and os.fstat(fd).st_gid != gid:
+                    os.fchown(fd, -1, gid)  # skipped when already right: no chown privilege needed
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # rename replaces whatever is at path (a planted symlink too), never its target.
+            os.replace(temp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=directory)
+            raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     return True
 
 
-def _already(path: Path, data: bytes, mode: int, gid: int | None) -> bool:
-    try:
-        st = path.stat()
-        if st.st_mode & 0o7777 != mode or (gid is not None and st.st_gid != gid):
-            return False
-        if st.st_size != len(data):
-            return False
-        return path.read_bytes() == data
-    except OSError:
-        return False
+def _create_temp(directory: int, name: str, mode: int) -> tuple[str, int]:
+    """A new temp file beside ``name``: (its name, an open descriptor).
+
+    ``O_EXCL | O_NOFOLLOW``: a name someone planted (a symlink, say) is never opened;
+    another random name is tried instead.
+    """
+    for _ in range(_TEMP_TRIES):
+        temp = f".{name}{_TEMP_MARK}{secrets.token_hex(4)}"
+        try:
+            return temp, os.open(temp, _CREATE_FLAGS, mode, dir_fd=directory)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"{_TEMP_TRIES} random temp names were all taken", name)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def _read_at(directory: int, path: Path, limit: int) -> bytes:
+    """The content of a regular file, up to ``limit`` bytes; never through a symlink."""
     try:
-        os.fsync(fd)
+        fd = os.open(path.name, _READ_FLAGS, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symlink (not followed)", str(path)) from None
+        raise
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind == stat.S_IFDIR:
+            raise IsADirectoryError(errno.EISDIR, "it is a directory", str(path))
+        if kind != stat.S_IFREG:
+            raise OSError(errno.EINVAL, "it is not a regular file", str(path))
+        data = os.read(fd, limit + 1)
     finally:
         os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"it is larger than {limit} bytes", str(path))
+    return data
+
+
+def _already(directory: int, name: str, data: bytes, mode: int, gid: int | None) -> bool:
+    """``name`` is a regular file (not a link to one) with exactly this content, mode, group."""
+    try:
+        st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o7777 != mode:
+            return False
+        if (gid is not None and st.st_gid != gid) or st.st_size != len(data):
+            return False
+        return _read_at(directory, Path(name), len(data)) == data
+    except OSError:
+        return False
