@@ -1505,6 +1505,29 @@ class TestOutputDirCheck:
             f" {tmp_path / 'file'} is a file"
         ) in err
 
+    @pytest.mark.parametrize("command", ["check", "run"])
+    def test_world_writable_is_refused(
+        self, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An output_dir anyone may write in (no sticky bit) is refused by check as by run."""
+        (tmp_path / "tokens").mkdir()
+        os.chmod(tmp_path / "tokens", 0o777)
+        path = output_dir_config(tmp_path, "tokens")
+        assert main([command, "-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}:1: output_dir: {tmp_path / 'tokens'} is writable by every user" in err
+        assert "chmod o-w" in err
+
+    def test_symlinked_output_dir_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An output_dir that is a symlink to a directory is refused by check too."""
+        (tmp_path / "real").mkdir()
+        (tmp_path / "tokens").symlink_to(tmp_path / "real")
+        path = output_dir_config(tmp_path, "tokens")
+        assert main(["check", "-c", str(path)]) == 2
+        assert "is a symlink (to" in capsys.readouterr().err
+
     def test_dangling_symlink(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A symlink to nothing as output_dir is refused by check."""
         (tmp_path / "tokens").symlink_to(tmp_path / "gone")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from wxtokend import __version__, emulator, logs
 from wxtokend.admin import SigningError, signed_fields
-from wxtokend.config import Config, check_output_dir, json_schema, load_config
+from wxtokend.config import Config, json_schema, load_config
 from wxtokend.daemon import run_daemon
-from wxtokend.errors import ConfigError, FetchError, StateFileError, WxTokendError
+from wxtokend.errors import ConfigError, FetchError, OutputDirError, StateFileError, WxTokendError
 from wxtokend.redact import fingerprint
-from wxtokend.store import Record, TokenStore
+from wxtokend.store import Record, TokenStore, check_directory
 from wxtokend.wechat import Token, WeChatClient
 
 __all__ = ["main"]
@@ -124,8 +124,20 @@ def _load(args: argparse.Namespace, *, log_to_stdout: bool = False, secrets: boo
 
 def _run(args: argparse.Namespace) -> int:
     config = _load(args, log_to_stdout=True)
-    check_output_dir(config)  # exit 2 with the config's line, before anything starts
+    _check_output_dir(config)  # exit 2 with the config's line, before anything starts
     return asyncio.run(run_daemon(config, once=args.once))
+
+
+def _check_output_dir(config: Config) -> list[str]:
+    """Refuse (exit 2) an output_dir the daemon could not use or others could tamper with.
+
+    Only for the commands that write token files: ``get`` and ``sign`` run as
+    consumers, which merely read them.
+    """
+    try:
+        return check_directory(config.output_dir)
+    except OutputDirError as exc:
+        raise config.output_dir_error(exc) from None
 
 
 def _schema(_: argparse.Namespace) -> int:
@@ -212,7 +224,8 @@ def _token_problem(record: Record | None, appid: str, now: float) -> str:
 
 def _check(args: argparse.Namespace) -> int:
     config = _load(args)
-    check_output_dir(config)  # what run would refuse, check refuses too
+    for warning in _check_output_dir(config):  # what run would refuse, check refuses too
+        print(f"WARNING: output_dir: {warning}")
     print(f"{config.path}: OK — {len(config.apps)} app(s), token files in {config.output_dir}")
     store = TokenStore(directory=config.output_dir, file_mode=config.file_mode, gid=config.file_gid)
     now = time.time()

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,6 @@ __all__ = [
     "Grant",
     "GrantChoice",
     "Ticket",
-    "check_output_dir",
     "json_schema",
     "load_config",
     "parse_duration",
@@ -452,11 +450,16 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     fleet: FleetSettings | None = None
     warnings: tuple[str, ...] = ()
-    output_dir_line: int | None = None  # for check_output_dir's message
+    output_dir_line: int | None = None  # for output_dir_error's message
 
     def watched_files(self) -> list[Path]:
         """The files whose change should reload the daemon: the config and secret files."""
         return [self.path, *(a.secret_file for a in self.apps if a.secret_file)]
+
+    def output_dir_error(self, problem: object) -> ConfigError:
+        """A problem with output_dir as a config error on the line that sets it."""
+        where = f"{self.path}:{self.output_dir_line}" if self.output_dir_line else str(self.path)
+        return ConfigError([f"{where}: output_dir: {problem}"])
 
     def app(self, key: str) -> AppConfig | None:
         """The app whose name or appid is ``key``."""
@@ -485,63 +488,6 @@ def load_config(
     settings, apps, problems = _validate(loader, loader.read())
     problems = [*loader.problems, *problems]
     return _Resolver(loader, settings, apps, env, secrets=secrets, problems=problems).resolve()
-
-
-def check_output_dir(config: Config) -> None:
-    """Refuse an output_dir this process could not create or write, as ``run`` would.
-
-    For the commands that write token files (``run``, ``check``); not for ``get``
-    and ``sign``, which run as consumers that only read them.
-    """
-    problem = _output_dir_problem(config.output_dir)
-    if problem is not None:
-        line = config.output_dir_line
-        where = f"{config.path}:{line}" if line else str(config.path)
-        raise ConfigError([f"{where}: output_dir: {problem[0]} — {problem[1]}"])
-
-
-def _output_dir_problem(directory: Path) -> tuple[str, str] | None:
-    uid = os.geteuid()
-    give = (
-        f"create it for the user wxtokend runs as (uid {uid}): install -d -o {uid} -m 0750"
-        f" {directory}, or under systemd RuntimeDirectory=wxtoken"
-    )
-    if os.path.lexists(directory) and not os.path.exists(directory):
-        return f"{directory} is a symlink to nothing", "point it at a directory, or remove it"
-    if os.path.exists(directory):
-        if not os.path.isdir(directory):
-            return f"{directory} is a file, not a directory", "point output_dir at a directory"
-        if why := _cannot_write_in(directory):
-            return f"{directory} is not writable by this user (uid {uid}): {why}", give
-        return None
-    ancestor = directory.parent
-    while not os.path.exists(ancestor):  # "/" exists
-        ancestor = ancestor.parent
-    if not os.path.isdir(ancestor):
-        return (
-            f"{directory} cannot be created: {ancestor} is a file",
-            "point output_dir at a directory",
-        )
-    if why := _cannot_write_in(ancestor):
-        return (
-            f"{directory} cannot be created: this user (uid {uid}) cannot write in"
-            f" {ancestor}: {why}",
-            give,
-        )
-    return None
-
-
-def _cannot_write_in(directory: Path) -> str:
-    """Why a file cannot be created in ``directory``; empty if it can.
-
-    Tried rather than asked: os.access says yes to root for a read-only mount or
-    /proc. An unnamed temporary file (O_TMPFILE) leaves nothing behind.
-    """
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            return ""
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
 
 
 def _validate(

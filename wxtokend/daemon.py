@@ -32,7 +32,7 @@ from wxtokend.metrics import Metrics
 from wxtokend.notify import Notifier
 from wxtokend.refresher import Refresher, TicketRefresher, Upstream
 from wxtokend.schedule import Policy, Rng
-from wxtokend.store import TICKET_KINDS, TOKEN, TokenStore, UnsafeDirectoryError
+from wxtokend.store import TICKET_KINDS, TOKEN, TokenStore
 from wxtokend.watch import ConfigWatcher, content_fingerprint
 from wxtokend.wechat import WeChatClient
 
@@ -182,8 +182,8 @@ class Daemon:
             self.store.ensure_directory()
             warnings = self.store.check_directory()
             removed = self.store.prepare()
-        except UnsafeDirectoryError as exc:
-            raise ConfigError([f"{self.config.path}: output_dir: {exc}"]) from None
+        except OutputDirError as exc:  # unusable or unsafe: a config error, exit 2
+            raise self.config.output_dir_error(exc) from None
         except OSError as exc:
             raise OutputDirError(
                 f"output_dir {self.config.output_dir}: {exc.strerror} — create it writable for"

@@ -29,6 +29,7 @@ import math
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -174,10 +175,12 @@ class UnsafeDirectoryError(OutputDirError):
 
 
 def check_directory(directory: Path) -> list[str]:
-    """Refuse an output_dir others can tamper with; warnings for what is merely risky.
+    """Refuse an output_dir the daemon cannot use or others can tamper with; warn on
+    what is merely risky. The one place this is decided, for ``run`` (before anything
+    starts, and again at the daemon's start) and ``wxtokend check``:
 
-    The one place this is decided (the daemon's start, and ``wxtokend check``):
-
+    - not usable: a file, a dangling symlink, a directory this user cannot write in,
+      or one that cannot be created (OutputDirError, saying what to do);
     - a symlink: refused, since whoever can swap the link redirects every write;
     - writable by everyone without the sticky bit: refused, since anyone could
       rename their own file over a token file (with the sticky bit, as on
@@ -185,6 +188,9 @@ def check_directory(directory: Path) -> list[str]:
     - owned by another user than the daemon's (root aside): a warning, since that
       user can replace the token files but may be a deliberate setup.
     """
+    problem = _unusable(directory)
+    if problem:
+        raise OutputDirError(problem)
     try:
         st = os.lstat(directory)
     except FileNotFoundError:
@@ -214,6 +220,49 @@ def check_directory(directory: Path) -> list[str]:
             f" can replace the token files — chown {euid} {directory} unless that is intended"
         )
     return warnings
+
+
+def _unusable(directory: Path) -> str:
+    """Why this process could not create or write ``directory`` (with the fix); "" if fine."""
+    uid = os.geteuid()
+    give = (
+        f"create it for the user wxtokend runs as (uid {uid}): install -d -o {uid} -m 0750"
+        f" {directory}, or under systemd RuntimeDirectory=wxtoken"
+    )
+    if os.path.lexists(directory) and not os.path.exists(directory):
+        return f"{directory} is a symlink to nothing — point it at a directory, or remove it"
+    if os.path.exists(directory):
+        if not os.path.isdir(directory):
+            return f"{directory} is a file, not a directory — point output_dir at a directory"
+        if why := _cannot_write_in(directory):
+            return f"{directory} is not writable by this user (uid {uid}): {why} — {give}"
+        return ""
+    ancestor = directory.parent
+    while not os.path.exists(ancestor):  # "/" exists
+        ancestor = ancestor.parent
+    if not os.path.isdir(ancestor):
+        return (
+            f"{directory} cannot be created: {ancestor} is a file — point output_dir at a directory"
+        )
+    if why := _cannot_write_in(ancestor):
+        return (
+            f"{directory} cannot be created: this user (uid {uid}) cannot write in"
+            f" {ancestor}: {why} — {give}"
+        )
+    return ""
+
+
+def _cannot_write_in(directory: Path) -> str:
+    """Why a file cannot be created in ``directory``; empty if it can.
+
+    Tried rather than asked: os.access says yes to root for a read-only mount or
+    /proc. An unnamed temporary file (O_TMPFILE) leaves nothing behind.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return ""
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def write_fix(exc: OSError) -> str:
