@@ -193,7 +193,8 @@ class Daemon:
         refreshers = self.start()
         self._log.info(
             "started",
-            apps=len(refreshers),
+            apps=len(self.refreshers),
+            tickets=len(refreshers) - len(self.refreshers),
             output_dir=str(self.config.output_dir),
             api_base=self.config.api_base,
             admin=[asgi.base_url(sock) for sock, _ in listeners],
