@@ -222,6 +222,17 @@ class TestJsSdkSignature:
         assert answer.status_code == 409
         assert "tickets: [jsapi]" in answer.json()["error"]
 
+    async def test_agent_on_an_official_app(self, shop: World) -> None:
+        """ "agent": true on an official app is a 409 saying it is for WeCom apps only."""
+        await shop.fetch_all()
+        answer = await shop.admin.post(
+            "/v1/apps/shop/jssdk-signature", json={"url": "https://a", "agent": True}
+        )
+        assert answer.status_code == 409
+        error = answer.json()["error"]
+        assert 'is not a WeCom app: "agent": true (wx.agentConfig) is for WeCom apps only' in error
+        assert "agent_config" not in error
+
 
 @pytest.fixture
 async def corp(tmp_path: Path) -> AsyncIterator[World]:

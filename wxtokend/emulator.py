@@ -1224,6 +1224,8 @@ def load_emulator_config(path: Path) -> EmulatorConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise EmulatorConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise EmulatorConfigError(f"{path}: cannot read: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
