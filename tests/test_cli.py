@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from harness import TestApp
 
 from wxtokend.cli import _parser, main
 
@@ -130,3 +132,38 @@ class TestLogLevel:
         assert "chmod 600" not in capsys.readouterr().err
         assert main(command) == 0
         assert "chmod 600" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+class TestCheckOnline:
+    """check --online claims nothing before asking, sums up, and prints fixes, not retry plans."""
+
+    def test_one_failing_app(self, emulator: Any, daemon: Any) -> None:
+        """A wrong secret: no OK header, the fix without 'retrying', a FAILED summary, exit 1."""
+        good = TestApp(appid=f"wx{0xD1:016x}", secret=f"{0xD1:032x}", name="mini")
+        bad = TestApp(
+            appid=f"wx{0xD2:016x}", secret=f"{0xD2:032x}", name="bad", daemon_secret="f" * 32
+        )
+        emu = emulator([good, bad], lifetime=120)
+        d = daemon([good, bad], emu.base_url)
+        result = d.run("check", "--online")
+        assert result.returncode == 1, result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].endswith(f"config valid — 2 app(s), token files in {d.output_dir}")
+        assert "OK" not in lines[0]
+        failed = next(i for i, line in enumerate(lines) if line.startswith("  bad: FAILED"))
+        assert lines[failed + 1].startswith("    fix: copy ")
+        assert "retrying" not in result.stdout
+        assert any(line.startswith("  mini: OK") for line in lines)
+        assert lines[-1] == "online: 1 of 2 apps FAILED"
+
+    def test_all_ok(self, emulator: Any, daemon: Any) -> None:
+        """Every app answered: the summary says all are OK, and counts a skipped classic app."""
+        apps = [
+            TestApp(appid=f"wx{0xD3:016x}", secret=f"{0xD3:032x}", name="mini"),
+            TestApp(appid=f"wx{0xD4:016x}", secret=f"{0xD4:032x}", name="shop", grant="classic"),
+        ]
+        emu = emulator(apps, lifetime=120)
+        result = daemon(apps, emu.base_url).run("check", "--online")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1] == "online: all 1 OK (1 skipped)"

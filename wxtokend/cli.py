@@ -19,7 +19,13 @@ from wxtokend import __version__, emulator, logs
 from wxtokend.admin import SigningError, signed_fields, signing_ticket
 from wxtokend.config import Config, json_schema, load_config
 from wxtokend.daemon import run_daemon
-from wxtokend.errors import ConfigError, FetchError, StateFileError, WxTokendError
+from wxtokend.errors import (
+    ConfigError,
+    FetchError,
+    StateFileError,
+    TransientError,
+    WxTokendError,
+)
 from wxtokend.redact import fingerprint
 from wxtokend.store import Record, TokenStore
 from wxtokend.wechat import Token, WeChatClient
@@ -224,7 +230,10 @@ def _token_problem(record: Record | None, appid: str, now: float) -> str:
 
 def _check(args: argparse.Namespace) -> int:
     config = _load(args)
-    print(f"{config.path}: OK — {len(config.apps)} app(s), token files in {config.output_dir}")
+    print(
+        f"{config.path}: config valid — {len(config.apps)} app(s),"
+        f" token files in {config.output_dir}"
+    )
     store = TokenStore(directory=config.output_dir, file_mode=config.file_mode, gid=config.file_gid)
     now = time.time()
     for app in config.apps:
@@ -249,7 +258,7 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
     client = WeChatClient(
         api_base=config.api_base, timeout=config.request_timeout, proxy=config.proxy
     )
-    failed = 0
+    failed = checked = 0
     try:
         for app in config.apps:
             if app.grant == "classic" and config.fleet is not None:
@@ -264,11 +273,12 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
                     " add --force to fetch anyway"
                 )
                 continue
+            checked += 1
             try:
                 token = await client.fetch_token(app)
             except FetchError as exc:
                 failed += 1
-                print(f"  {app.name}: FAILED — {exc}\n    fix: {exc.hint}")
+                print(f"  {app.name}: FAILED — {exc}{_fix_line(exc)}")
                 continue
             print(
                 f"  {app.name}: OK — {'WeCom' if app.kind == 'wecom' else 'WeChat'} issued token"
@@ -279,7 +289,25 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
                 _keep_forced_token(store, app.appid, app.name, app.api_base, token)
     finally:
         await client.aclose()
+    print(_online_summary(checked, failed, skipped=len(config.apps) - checked))
     return 1 if failed else 0
+
+
+def _fix_line(exc: FetchError) -> str:
+    """What the operator should do; a one-shot check retries nothing, so no retry plans."""
+    fix = exc.fix
+    if not fix and isinstance(exc, TransientError):
+        fix = "a passing failure on WeChat's side: run the check again in a moment"
+    return f"\n    fix: {fix}" if fix else ""
+
+
+def _online_summary(checked: int, failed: int, *, skipped: int) -> str:
+    aside = f" ({skipped} skipped)" if skipped else ""
+    if failed:
+        return f"online: {failed} of {checked} apps FAILED{aside}"
+    if checked:
+        return f"online: all {checked} OK{aside}"
+    return f"online: no app checked{aside}"
 
 
 def _keep_forced_token(

@@ -449,7 +449,7 @@ class Refresher:
                 return await self._upstream(force=force), "ok"
             raise TransientError(
                 f"Redis unreachable, and this instance may not fetch alone: {exc}",
-                hint="restore Redis; classic-grant members never fetch independently (that"
+                fix="restore Redis; classic-grant members never fetch independently (that"
                 " starts the invalidation war) unless fleet.on_redis_down is fetch",
             ) from None
 
@@ -464,7 +464,7 @@ class Refresher:
         if fleet.settings.role == "follower":
             raise TransientError(
                 "follower: waiting for a member of the fleet to refresh",
-                hint="followers never fetch; check that a member runs and reaches Redis",
+                fix="followers never fetch; check that a member runs and reaches Redis",
             )
         if self._fleet_held:  # a passive refresh already holds the fleet's lock
             return await self._fetch_and_publish(fleet, key, force=force)
@@ -476,7 +476,7 @@ class Refresher:
             if not held:
                 raise TransientError(
                     "another instance holds the fetch lock and published nothing yet",
-                    hint="retrying; its lock expires after fleet.lock_ttl if it died",
+                    retry="retrying; its lock expires after fleet.lock_ttl if it died",
                 )
             return await self._fetch_and_publish(fleet, key, force=force)
 
@@ -1087,7 +1087,7 @@ class TicketRefresher(Refresher):
             token = self._tokens.record
             if token is None or not self._tokens.has_valid_token():
                 raise TransientError(
-                    "no valid access_token yet", hint="the ticket is fetched once the token is"
+                    "no valid access_token yet", retry="the ticket is fetched once the token is"
                 )
             try:
                 async with self._semaphore:
@@ -1106,8 +1106,8 @@ class TicketRefresher(Refresher):
                     raise FatalConfigError(
                         f"the {self.kind} ticket endpoint refuses even a fresh access_token",
                         errcode=40001,
-                        hint="another system may be refreshing this appid's token (classic"
-                        " grant), or the account may not use this ticket; retrying in 10 min",
+                        fix="another system may be refreshing this appid's token (classic"
+                        " grant), or the account may not use this ticket",
                     ) from None
                 answer = await self._tokens.report_rejected(
                     token=token.access_token, allow_force=False, internal=True
