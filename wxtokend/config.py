@@ -300,6 +300,11 @@ class _ConfigModel(BaseModel):
         " for compressed-time tests against the emulator.",
     )
     admin: _AdminModel = Field(default_factory=lambda: _AdminModel.model_validate({}))
+    remove_files_on_removal: bool = Field(
+        False,
+        strict=True,
+        description="Delete a removed app's files at once, not when its token expires.",
+    )
     fleet: _FleetModel | None = Field(None, description="Fleet mode through Redis.")
     apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
 
@@ -405,6 +410,7 @@ class Config:
     retry_max: float = 60.0
     admin: AdminConfig = field(default_factory=AdminConfig)
     fleet: FleetSettings | None = None
+    remove_files_on_removal: bool = False
     warnings: tuple[str, ...] = ()
 
     def watched_files(self) -> list[Path]:
@@ -618,6 +624,7 @@ class _Resolver:
             retry_max=self.model.retry.max,
             admin=self._admin(),
             fleet=fleet,
+            remove_files_on_removal=self.model.remove_files_on_removal,
             warnings=tuple(self.warnings),
         )
 
