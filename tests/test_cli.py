@@ -53,8 +53,15 @@ class TestDemoDirectory:
         assert occupied.read_text() == "mine"
 
 
-class TestEmulatorConfigFile:
-    """emulate --config of a bad file is a message and exit 2."""
+class TestEmulateBadInput:
+    """emulate with a bad --config or --port-file is a message and exit 2."""
+
+    def test_port_file_in_a_missing_directory(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A port file that cannot be written: exit 2 naming --port-file, not a listen error."""
+        assert main(["emulate", "--port-file", "/proc/wxtokend/port"]) == 2
+        line = one_line(capsys.readouterr().err)
+        assert "--port-file /proc/wxtokend/port: No such file or directory" in line
+        assert "listen" not in line
 
     def test_not_utf8(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A file that is not UTF-8 text: exit 2 with the file named."""
