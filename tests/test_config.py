@@ -952,7 +952,7 @@ class TestCli:
         path = write_config(tmp_path, f"output_dir: out\n{MINIMAL}")
         assert main(["check", "-c", str(path)]) == 0
         out = capsys.readouterr().out
-        assert f"{path}: OK" in out
+        assert f"{path}: config valid — 1 app(s)" in out
         assert APPID in out
         assert FILE_SECRET not in out
 

@@ -171,7 +171,7 @@ class TestFailures:
     async def test_fatal_waits_ten_minutes(self, tmp_path: Path, log_stream: io.StringIO) -> None:
         """A wrong secret is retried at most every 10 minutes, with the hint in the log."""
         clock = VirtualClock()
-        bad = FatalConfigError("errcode 40125", errcode=40125, hint="copy the AppSecret")
+        bad = FatalConfigError("errcode 40125", errcode=40125, fix="copy the AppSecret")
         wechat = ScriptedWeChat(clock, failures={n: bad for n in range(1, 10)})
         refresher, _ = make_refresher(tmp_path, clock, wechat)
         await run_until(refresher, lambda: len(wechat.calls) >= 4)
@@ -180,7 +180,7 @@ class TestFailures:
         events = [json.loads(line) for line in log_stream.getvalue().splitlines()]
         fatal = [e for e in events if e.get("outcome") == "fatal"]
         assert fatal
-        assert fatal[0]["hint"] == "copy the AppSecret"
+        assert fatal[0]["hint"] == "copy the AppSecret; retrying every 10 min"
         assert fatal[0]["errcode"] == 40125
         assert not (tmp_path / "shop").exists()
 
@@ -189,7 +189,7 @@ class TestFailures:
     ) -> None:
         """A token that expires without replacement stays on disk; its JSON says expired."""
         clock = VirtualClock()
-        bad = FatalConfigError("errcode 40164", errcode=40164, hint="whitelist 1.2.3.4")
+        bad = FatalConfigError("errcode 40164", errcode=40164, fix="whitelist 1.2.3.4")
         wechat = ScriptedWeChat(clock, lifetime=60, failures={n: bad for n in range(2, 100)})
         refresher, store = make_refresher(tmp_path, clock, wechat)
         await run_until(refresher, lambda: clock.now() > T0 + 120)
@@ -549,7 +549,7 @@ class TestNoLeaks:
         clock = VirtualClock()
         failures = {
             3: TransientError("connection failed"),
-            4: FatalConfigError("errcode 40001", errcode=40001, hint="fix"),
+            4: FatalConfigError("errcode 40001", errcode=40001, fix="fix"),
         }
         wechat = ScriptedWeChat(clock, lifetime=60, failures=failures)
         refresher, _ = make_refresher(tmp_path, clock, wechat)

@@ -34,7 +34,7 @@ class TestReload:
     """Config and secret changes apply without a restart; unchanged apps are untouched."""
 
     def test_add_and_remove_apps(self, emulator: EmulatorFactory, daemon: DaemonFactory) -> None:
-        """An added app starts, a removed one stops and loses its files, the rest make no call."""
+        """An added app starts, a removed one stops but keeps its files, the rest make no call."""
         shop, mini, blog = app(1, "shop", "classic"), app(2, "mini"), app(3, "blog")
         emu = emulator([shop, mini, blog], lifetime=120)
         d = daemon([shop, mini], emu.base_url).start()
@@ -43,12 +43,43 @@ class TestReload:
 
         d.configure([shop, blog])
         wait_for(lambda: d.token("blog"), timeout=15, what="the added app's token")
-        wait_for(lambda: d.token("mini") is None, timeout=15, what="the removed app's files to go")
-        assert d.record("mini") is None
+        wait_for(lambda: reloaded(d.log_text()), timeout=15, what="the reload")
+        assert d.token("mini") == before["mini"]  # consumers keep a valid token
         assert d.token("shop") == before["shop"]
         assert calls(emu, shop) == baseline["shop"]
         assert calls(emu, mini) == baseline["mini"]
         assert emu.check(d.token("blog") or "") == 0
+
+    def test_removed_files_go_when_they_expire(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory
+    ) -> None:
+        """A removed app's files stay while its token is valid and are deleted once it expires."""
+        shop, mini = app(12, "shop"), app(13, "mini")
+        emu = emulator([shop, mini], lifetime=10)
+        d = daemon([shop, mini], emu.base_url, stable_renew_window=1).start()
+        d.wait_for_tokens(["shop", "mini"])
+        d.configure([shop], stable_renew_window=1)
+        wait_for(lambda: reloaded(d.log_text()), timeout=15, what="the reload")
+        record = d.record("mini")
+        assert record is not None
+        assert time.time() < record["expires_at"]
+        gone = lambda: d.token("mini") is None and d.record("mini") is None  # noqa: E731
+        wait_for(gone, timeout=30, what="the expired files to go")
+        assert time.time() >= record["expires_at"]
+        assert d.token("shop")
+
+    def test_remove_files_on_removal(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory
+    ) -> None:
+        """With remove_files_on_removal: true a removed app's files go at once."""
+        shop, mini = app(14, "shop"), app(15, "mini")
+        emu = emulator([shop, mini], lifetime=120)
+        d = daemon([shop, mini], emu.base_url, remove_files_on_removal=True).start()
+        d.wait_for_tokens(["shop", "mini"])
+        d.configure([shop], remove_files_on_removal=True)
+        gone = lambda: d.token("mini") is None and d.record("mini") is None  # noqa: E731
+        wait_for(gone, timeout=15, what="the removed app's files to go")
+        assert d.token("shop")
 
     def test_changed_secret_is_refetched(
         self, emulator: EmulatorFactory, daemon: DaemonFactory

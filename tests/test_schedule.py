@@ -324,7 +324,7 @@ class TestRetryAfterErrors:
     )
     def test_admin_waits_as_told(self, wait: float, rng: Pinned, expected: float) -> None:
         """89501/89503/89506/89507 wait the time the docs give, plus up to 10 %."""
-        error = AdminWaitError("x", errcode=89506, hint="h", wait=wait)
+        error = AdminWaitError("x", errcode=89506, fix="h", wait=wait)
         at = retry_at(now=T0, error=error, attempt=1, rng=rng, policy=POLICY, expires_at=None)
         assert at - T0 == pytest.approx(expected)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,6 +222,17 @@ class TestJsSdkSignature:
         assert answer.status_code == 409
         assert "tickets: [jsapi]" in answer.json()["error"]
 
+    async def test_agent_on_an_official_app(self, shop: World) -> None:
+        """ "agent": true on an official app is a 409 saying it is for WeCom apps only."""
+        await shop.fetch_all()
+        answer = await shop.admin.post(
+            "/v1/apps/shop/jssdk-signature", json={"url": "https://a", "agent": True}
+        )
+        assert answer.status_code == 409
+        error = answer.json()["error"]
+        assert 'is not a WeCom app: "agent": true (wx.agentConfig) is for WeCom apps only' in error
+        assert "agent_config" not in error
+
 
 @pytest.fixture
 async def corp(tmp_path: Path) -> AsyncIterator[World]:
@@ -387,3 +399,114 @@ class TestReviewFixes:
         assert not (tokens / "shop.wx_card_ticket.json").exists()
         for task in shop.daemon._tasks.values():
             task.cancel()
+
+
+class _Running:
+    """A daemon of ``apps`` running in-process on the real clock, its JSON log captured."""
+
+    def __init__(self, tmp_path: Path, apps: tuple[AppConfig, ...]) -> None:
+        import io
+
+        from wxtokend import logs
+        from wxtokend.clock import SystemClock
+
+        self.log = io.StringIO()
+        logs.configure(level="debug", stream=self.log, json=True)
+        clock = SystemClock()
+        self.wechat = ScriptedWeChat(clock)  # type: ignore[arg-type]
+        self.ticketing = ScriptedTickets(clock, self.wechat)  # type: ignore[arg-type]
+        config = daemon_config(tmp_path, apps)
+        self.daemon = Daemon(config, source=Upstream(self.wechat, self.ticketing))
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.daemon.run(self.stop))
+
+    async def until(self, done: Any, what: str) -> None:
+        for _ in range(500):
+            if done():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.task
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.getvalue().splitlines()]
+
+
+@pytest.mark.anyio
+class TestColdStart:
+    """A ticket loop waits for its app's first token instead of failing without it."""
+
+    async def test_no_warning_and_ticket_right_after_token(self, tmp_path: Path) -> None:
+        """A cold start logs no warning and fetches each ticket once, with the first token."""
+        running = _Running(tmp_path, (official("shop", 1, ("jsapi", "wx_card")),))
+        ticket = running.daemon.tickets["shop"]["jsapi"]
+        await running.until(lambda: running.daemon.readiness() == {}, "the tickets")
+        await running.close()
+        token = running.daemon.refreshers["shop"].record
+        assert token is not None
+        assert len(running.wechat.calls) == 1
+        assert sorted((k, t) for _, k, t in running.ticketing.calls) == [
+            ("jsapi", token.access_token),
+            ("wx_card", token.access_token),
+        ]
+        assert (ticket.failures, ticket.last_error, ticket.waiting_for_token) == (0, None, False)
+        levels = [e["level"] for e in running.events()]
+        assert "warning" not in levels
+        assert "error" not in levels
+        metrics = running.daemon.metrics.render().decode()
+        assert 'outcome="transient"' not in metrics
+
+    async def test_token_failing_for_good(self, tmp_path: Path) -> None:
+        """A token that keeps failing leaves the ticket waiting, saying so, with no calls."""
+        from wxtokend.errors import FatalConfigError
+
+        running = _Running(tmp_path, (official("shop", 1, ("jsapi",)),))
+        running.wechat.failures = {
+            n: FatalConfigError("errcode 40125 (invalid AppSecret)", errcode=40125)
+            for n in range(1, 10)
+        }
+        ticket = running.daemon.tickets["shop"]["jsapi"]
+        await running.until(lambda: running.wechat.calls and ticket.waiting_for_token, "a wait")
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        status = ticket.status()
+        readiness = running.daemon.readiness()
+        await running.close()
+        assert len(running.wechat.calls) == 1  # the token's next try is 10 min away
+        assert running.ticketing.calls == []
+        assert ticket.failures == 0
+        assert status.state == "pending"
+        assert (
+            status.last_error == "waiting for the access_token: errcode 40125 (invalid AppSecret)"
+        )
+        assert readiness == {"shop": "errcode 40125 (invalid AppSecret)"}
+
+
+@pytest.mark.anyio
+class TestLogLines:
+    """The daemon's log lines say what they hold."""
+
+    async def test_started_counts_apps_and_tickets(self, tmp_path: Path) -> None:
+        """The start line counts apps, and tickets separately."""
+        apps = (official("shop", 1, ("jsapi",)), official("mini", 2, ()))
+        running = _Running(tmp_path, apps)
+        await running.until(lambda: running.daemon.readiness() == {}, "the tokens")
+        await running.close()
+        started = next(e for e in running.events() if e["event"] == "started")
+        assert (started["apps"], started["tickets"]) == (2, 1)
+
+    async def test_refresh_lines_name_the_fingerprint(self, tmp_path: Path) -> None:
+        """Refresh lines carry the token's fingerprint as fingerprint, nothing called token."""
+        from wxtokend.redact import fingerprint
+
+        running = _Running(tmp_path, (official("shop", 1, ()),))
+        await running.until(lambda: running.daemon.readiness() == {}, "the token")
+        await running.close()
+        refresh = next(e for e in running.events() if e["event"] == "refresh")
+        token = running.daemon.refreshers["shop"].record
+        assert token is not None
+        assert refresh["fingerprint"] == fingerprint(token.access_token)
+        assert "token" not in refresh

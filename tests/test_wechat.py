@@ -274,7 +274,7 @@ class TestErrcodeClasses:
         row = ERRCODES[errcode]
         assert row.kind is kind
         assert row.wait == (wait or 0.0)
-        assert row.hint.strip()
+        assert row.fix.strip() or row.kind is TransientError  # -1: nothing to fix
         assert row.meaning.strip()
 
     @pytest.mark.parametrize(("errcode", "row"), sorted(ERRCODES.items()))
@@ -288,6 +288,9 @@ class TestErrcodeClasses:
         assert type(exc) is row.kind
         assert exc.errcode == errcode
         assert exc.hint.strip()
+        assert exc.retry.strip()
+        assert exc.hint == (f"{exc.fix}; {exc.retry}" if exc.fix else exc.retry)
+        assert "retry" not in exc.fix  # check --online shows the fix alone: it retries nothing
         assert str(errcode) in str(exc)
         if row.kind is AdminWaitError:
             assert isinstance(exc, AdminWaitError)

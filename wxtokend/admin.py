@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wxtokend.clock import iso
-from wxtokend.config import AppConfig
+from wxtokend.config import AppConfig, Ticket
 from wxtokend.guard import DEFAULT_BODY_LIMIT, BadBody, RequestGuard, json_object
 from wxtokend.jssdk import jssdk_config
 from wxtokend.metrics import CONTENT_TYPE
@@ -29,7 +29,15 @@ from wxtokend.sdk import sdk_routes
 if TYPE_CHECKING:
     from wxtokend.daemon import Daemon
 
-__all__ = ["SigningError", "admin_app", "describe", "probe_app", "sign_page", "signed_fields"]
+__all__ = [
+    "SigningError",
+    "admin_app",
+    "describe",
+    "probe_app",
+    "sign_page",
+    "signed_fields",
+    "signing_ticket",
+]
 
 _PASSIVE_STATUS = {
     "refreshed": 200,
@@ -205,13 +213,33 @@ class SigningError(Exception):
 def sign_page(daemon: Daemon, name: str, url: str, *, agent: bool = False) -> dict[str, object]:
     """wx.config (or, for WeCom with ``agent``, wx.agentConfig) fields for ``url``."""
     app = daemon.refreshers[name].app
-    kind = "agent_config" if agent else "jsapi"
+    kind = signing_ticket(app, agent=agent, flag='"agent": true')
     ticket = daemon.tickets.get(name, {}).get(kind)
-    if ticket is None:
-        raise SigningError(f"{name} keeps no {kind} ticket: add tickets: [{kind}] to it", 409)
+    if ticket is None:  # a reload is adding it right now
+        raise SigningError(f"{name} has no {kind} ticket yet: it is being added", 503)
     if ticket.record is None or not ticket.has_valid_token():
         raise SigningError(f"{name} has no valid {kind} ticket yet: {ticket.status().state}", 503)
     return signed_fields(app, ticket.record.access_token, url, int(daemon.clock.now()), agent)
+
+
+def signing_ticket(app: AppConfig, *, agent: bool, flag: str) -> Ticket:
+    """The ticket that signs ``app``'s pages (``agent``: wx.agentConfig), or why there is none.
+
+    ``flag`` is how the caller asked for wx.agentConfig (``--agent``, ``"agent": true``).
+    """
+    if agent and app.kind != "wecom":
+        raise SigningError(
+            f"{app.name} is not a WeCom app: {flag} (wx.agentConfig) is for WeCom apps only;"
+            " sign wx.config without it",
+            409,
+        )
+    kind: Ticket = "agent_config" if agent else "jsapi"
+    if kind not in app.tickets:
+        fix = f"add tickets: [{kind}] to it"
+        if agent and app.agentid is None:
+            fix += " and agentid: (the application's AgentId)"
+        raise SigningError(f"{app.name} keeps no {kind} ticket: {fix}", 409)
+    return kind
 
 
 def signed_fields(

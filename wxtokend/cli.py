@@ -16,10 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wxtokend import __version__, emulator, logs
-from wxtokend.admin import SigningError, signed_fields
+from wxtokend.admin import SigningError, signed_fields, signing_ticket
 from wxtokend.config import Config, json_schema, load_config
 from wxtokend.daemon import run_daemon
-from wxtokend.errors import ConfigError, FetchError, OutputDirError, StateFileError, WxTokendError
+from wxtokend.errors import (
+    ConfigError,
+    FetchError,
+    OutputDirError,
+    StateFileError,
+    TransientError,
+    WxTokendError,
+)
 from wxtokend.redact import fingerprint
 from wxtokend.store import Record, TokenStore, check_directory
 from wxtokend.wechat import Token, WeChatClient
@@ -27,6 +34,7 @@ from wxtokend.wechat import Token, WeChatClient
 __all__ = ["main"]
 
 DEFAULT_CONFIG = "/etc/wxtokend/config.yaml"
+_LOG_LEVEL_HELP = "debug, info (default), warning or error; before or after the command"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,12 +60,19 @@ def _parser() -> argparse.ArgumentParser:
         prog="wxtokend", description="Keeps WeChat access_tokens fresh in files anyone can read."
     )
     parser.add_argument("--version", action="version", version=f"wxtokend {__version__}")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info", help=_LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str, handler: object) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p
+
+    def log_level_option(p: argparse.ArgumentParser) -> None:
+        # Also after the command; SUPPRESS lets one given before it show through.
+        p.add_argument(
+            "--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP
+        )
 
     def config_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -67,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
             default=Path(os.environ.get("WXTOKEND_CONFIG", DEFAULT_CONFIG)),
             help=f"config file (default: $WXTOKEND_CONFIG or {DEFAULT_CONFIG})",
         )
-        p.add_argument("--log-level", choices=logs.LEVELS, default="info")
+        log_level_option(p)
 
     run = command("run", "Run the daemon in the foreground.", _run)
     config_option(run)
@@ -108,8 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_arguments(emulate)
 
     demo = command("demo", "Run the emulator and the daemon on a demo config.", _demo)
-    demo.add_argument("directory", nargs="?", type=Path, default=Path("wxtoken-demo"))
-    demo.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    demo.add_argument(
+        "directory",
+        nargs="?",
+        type=Path,
+        default=Path("wxtoken-demo"),
+        help="where the demo's config, secrets and tokens go (default: ./wxtoken-demo)",
+    )
+    log_level_option(demo)
     return parser
 
 
@@ -183,11 +204,10 @@ def _sign(args: argparse.Namespace) -> int:
     if app is None:
         print(f"wxtokend: no app named {args.name!r} in {config.path}", file=sys.stderr)
         return 2
-    kind = "agent_config" if args.agent else "jsapi"
-    if kind not in app.tickets:
-        print(
-            f"wxtokend: {app.name} keeps no {kind} ticket: add tickets: [{kind}]", file=sys.stderr
-        )
+    try:
+        kind = signing_ticket(app, agent=args.agent, flag="--agent")
+    except SigningError as exc:
+        print(f"wxtokend: {exc}", file=sys.stderr)
         return 2
     store = TokenStore(directory=config.output_dir, file_mode=config.file_mode)
     try:
@@ -226,7 +246,10 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args)
     for warning in _check_output_dir(config):  # what run would refuse, check refuses too
         print(f"WARNING: output_dir: {warning}")
-    print(f"{config.path}: OK — {len(config.apps)} app(s), token files in {config.output_dir}")
+    print(
+        f"{config.path}: config valid — {len(config.apps)} app(s),"
+        f" token files in {config.output_dir}"
+    )
     store = TokenStore(directory=config.output_dir, file_mode=config.file_mode, gid=config.file_gid)
     now = time.time()
     for app in config.apps:
@@ -251,7 +274,7 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
     client = WeChatClient(
         api_base=config.api_base, timeout=config.request_timeout, proxy=config.proxy
     )
-    failed = 0
+    failed = checked = 0
     try:
         for app in config.apps:
             if app.grant == "classic" and config.fleet is not None:
@@ -266,11 +289,12 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
                     " add --force to fetch anyway"
                 )
                 continue
+            checked += 1
             try:
                 token = await client.fetch_token(app)
             except FetchError as exc:
                 failed += 1
-                print(f"  {app.name}: FAILED — {exc}\n    fix: {exc.hint}")
+                print(f"  {app.name}: FAILED — {exc}{_fix_line(exc)}")
                 continue
             print(
                 f"  {app.name}: OK — {'WeCom' if app.kind == 'wecom' else 'WeChat'} issued token"
@@ -281,7 +305,25 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
                 _keep_forced_token(store, app.appid, app.name, app.api_base, token)
     finally:
         await client.aclose()
+    print(_online_summary(checked, failed, skipped=len(config.apps) - checked))
     return 1 if failed else 0
+
+
+def _fix_line(exc: FetchError) -> str:
+    """What the operator should do; a one-shot check retries nothing, so no retry plans."""
+    fix = exc.fix
+    if not fix and isinstance(exc, TransientError):
+        fix = "a passing failure on WeChat's side: run the check again in a moment"
+    return f"\n    fix: {fix}" if fix else ""
+
+
+def _online_summary(checked: int, failed: int, *, skipped: int) -> str:
+    aside = f" ({skipped} skipped)" if skipped else ""
+    if failed:
+        return f"online: {failed} of {checked} apps FAILED{aside}"
+    if checked:
+        return f"online: all {checked} OK{aside}"
+    return f"online: no app checked{aside}"
 
 
 def _keep_forced_token(
@@ -301,7 +343,11 @@ def _keep_forced_token(
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from wxtokend.demo import run_demo
+    from wxtokend.demo import DemoDirectoryError, run_demo
 
     logs.configure(level=args.log_level, stream=sys.stdout)
-    return run_demo(args.directory)
+    try:
+        return run_demo(args.directory)
+    except DemoDirectoryError as exc:
+        _fail(str(exc))
+        return 2

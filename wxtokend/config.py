@@ -317,6 +317,11 @@ class _SettingsModel(BaseModel):
         " for compressed-time tests against the emulator.",
     )
     admin: _AdminModel = Field(default_factory=lambda: _AdminModel.model_validate({}))
+    remove_files_on_removal: bool = Field(
+        False,
+        strict=True,
+        description="Delete a removed app's files at once, not when its token expires.",
+    )
     fleet: _FleetModel | None = Field(None, description="Fleet mode through Redis.")
 
     @field_validator("api_base", "wecom_api_base", "proxy")
@@ -449,6 +454,7 @@ class Config:
     retry_max: float = 60.0
     admin: AdminConfig = field(default_factory=AdminConfig)
     fleet: FleetSettings | None = None
+    remove_files_on_removal: bool = False
     warnings: tuple[str, ...] = ()
     output_dir_line: int | None = None  # for output_dir_error's message
 
@@ -926,6 +932,7 @@ class _Resolver:
             retry_max=self.model.retry.max,
             admin=self._admin(),
             fleet=fleet,
+            remove_files_on_removal=self.model.remove_files_on_removal,
             warnings=tuple(self.warnings),
             output_dir_line=self.loader.line_of("output_dir"),
         )

@@ -23,16 +23,16 @@ from starlette.applications import Starlette
 
 from wxtokend import asgi
 from wxtokend.admin import admin_app, probe_app
-from wxtokend.clock import Clock, SystemClock
+from wxtokend.clock import Clock, SystemClock, iso
 from wxtokend.config import AppConfig, Config, Ticket, load_config
-from wxtokend.errors import ConfigError, ListenError, OutputDirError
+from wxtokend.errors import ConfigError, ListenError, OutputDirError, StateFileError
 from wxtokend.fleet import Fleet
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.notify import Notifier
 from wxtokend.refresher import Refresher, TicketRefresher, Upstream
 from wxtokend.schedule import Policy, Rng
-from wxtokend.store import TICKET_KINDS, TOKEN, TokenStore
+from wxtokend.store import TICKET_KINDS, TOKEN, Record, TokenStore, file_name
 from wxtokend.watch import ConfigWatcher, content_fingerprint
 from wxtokend.wechat import WeChatClient
 
@@ -107,6 +107,8 @@ class Daemon:
         self._following: set[str] = set()
         self._follow_tasks: set[asyncio.Task[bool]] = set()
         self._ready_sent = False
+        # Files no loop keeps any more (a removed app's), each deleted when it expires.
+        self._retiring: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._fingerprint = content_fingerprint(config.watched_files())
         for app in config.apps:
             self._add(app)
@@ -203,11 +205,13 @@ class Daemon:
         refreshers = self.start()
         self._log.info(
             "started",
-            apps=len(refreshers),
+            apps=len(self.refreshers),
+            tickets=len(refreshers) - len(self.refreshers),
             output_dir=str(self.config.output_dir),
             api_base=self.config.api_base,
             admin=[asgi.base_url(sock) for sock, _ in listeners],
         )
+        self._sweep_leftovers()
         await self._follow_fleet_once()
         for refresher in refreshers:
             self._spawn(refresher)
@@ -229,13 +233,14 @@ class Daemon:
         finally:
             self.notifier.stopping()
             watcher.stop()
-            await _cancel([*helpers, *self._tasks.values()])
+            await _cancel([*helpers, *self._tasks.values(), *self._retiring.values()])
             await self.aclose()
             self._log.info("stopped")
 
     async def once(self) -> bool:
         """Make sure every app has a valid token (and tickets) on disk; True if all do."""
         self.start()
+        self._sweep_leftovers(wait=False)  # no timers: this process ends in a moment
         tokens = list(self.refreshers.values())
         tickets = [t for kinds in self.tickets.values() for t in kinds.values()]
         refreshers = tokens + tickets
@@ -290,6 +295,7 @@ class Daemon:
         )
         self.refreshers[app.name] = refresher
         self._loops[app.name] = refresher
+        self._unretire(app.name, TOKEN)
         self._fleet_keys[refresher.fleet_key] = refresher
         if app.kind == "official":  # a WeCom corpid names several applications: not a key
             self._by_appid[app.appid] = refresher
@@ -303,6 +309,7 @@ class Daemon:
         )
         self.tickets[app.name][kind] = ticket
         self._loops[f"{app.name}/{kind}"] = ticket
+        self._unretire(app.name, kind)
         self._fleet_keys[ticket.fleet_key] = ticket
         return ticket
 
@@ -332,6 +339,94 @@ class Daemon:
         REDACTOR.forget(f"secret:{name}")
         for kind in (TOKEN, *TICKET_KINDS):
             REDACTOR.forget(f"{kind}:{name}")
+
+    # -- files of removed apps -------------------------------------------------
+
+    def _unretire(self, name: str, kind: str) -> None:
+        """A loop keeps these files again (the app came back), or they go now: no timer."""
+        task = self._retiring.pop((name, kind), None)
+        if task is not None:
+            task.cancel()
+
+    def _keeps(self, name: str, kind: str) -> bool:
+        return (name if kind == TOKEN else f"{name}/{kind}") in self._loops
+
+    def _sweep_leftovers(self, *, wait: bool = True) -> None:
+        """Our records in output_dir that no loop keeps: a removed app's, maybe before a restart.
+
+        Consumers may still read them, and a removal may be a mistaken edit: each is
+        deleted once it expires (at once with remove_files_on_removal, or if its name now
+        belongs to another appid, whose consumers must never get this account's token).
+        """
+        try:
+            records = self.store.records()
+        except OSError as exc:
+            self._log.warning("cannot list output_dir for leftover files", error=exc.strerror)
+            return
+        for record in records:
+            key = (record.name, record.kind)
+            owner = self.refreshers.get(record.name)
+            foreign = owner is not None and owner.app.appid != record.appid
+            at_once = self.config.remove_files_on_removal
+            if self._keeps(*key) or (key in self._retiring and not (foreign or at_once)):
+                continue
+            self._unretire(*key)
+            if foreign:
+                self._delete_leftover(record, "its name now belongs to another appid")
+            elif at_once:
+                self._delete_leftover(record, "remove_files_on_removal is set")
+            elif self.clock.now() >= record.expires_at:
+                self._delete_leftover(record, "it has expired")
+            elif wait:
+                self._retiring[key] = asyncio.create_task(self._retire(record))
+                self._log.info(
+                    "files no longer configured stay until they expire",
+                    app=record.name,
+                    files=_files_of(record),
+                    expires_at=iso(record.expires_at),
+                    fix="set remove_files_on_removal: true to delete them at once",
+                )
+
+    async def _retire(self, record: Record) -> None:
+        """Delete ``record``'s files once expired, unless a loop has taken them back."""
+        key = (record.name, record.kind)
+        try:
+            while True:
+                await self.clock.sleep(record.expires_at - self.clock.now())
+                if self._keeps(*key):
+                    return
+                try:
+                    current = self.store.load(*key)
+                except StateFileError:
+                    return  # not our record any more: never touch it
+                if current is None:
+                    return
+                if self.clock.now() < current.expires_at:  # rewritten meanwhile: wait again
+                    record = current
+                    continue
+                self._delete_leftover(current, "it has expired")
+                return
+        finally:
+            if self._retiring.get(key) is asyncio.current_task():
+                del self._retiring[key]
+
+    def _delete_leftover(self, record: Record, why: str) -> None:
+        try:
+            self.store.remove(record.name, (record.kind,))
+        except OSError as exc:
+            self._log.warning(
+                "cannot delete files no longer configured",
+                app=record.name,
+                files=_files_of(record),
+                error=exc.strerror,
+            )
+            return
+        self._log.info(
+            "deleted files no longer configured",
+            app=record.name,
+            files=_files_of(record),
+            reason=why,
+        )
 
     async def _retune_tickets(self, app: AppConfig) -> list[str]:
         """A kept app whose ticket list changed: start new ticket loops, stop dropped ones."""
@@ -581,7 +676,8 @@ class Daemon:
             n for n in new_apps if n in old_apps and not new_apps[n].fetches_like(old_apps[n])
         ]
         for name in removed:
-            await self._remove(name, delete_files=True)
+            await self._remove(name, delete_files=new.remove_files_on_removal)
+            self.metrics.forget(name)
         for name in changed:
             appid_changed = old_apps[name].appid != new_apps[name].appid
             await self._remove(name, delete_files=appid_changed)
@@ -608,12 +704,18 @@ class Daemon:
                     loop.reconfigure(app, policy=self._policy)
                 if set(app.tickets) != set(self.tickets[name]):
                     tickets_changed += await self._retune_tickets(app)
+        self._sweep_leftovers()
         return {
             "added": added,
             "removed": removed,
             "refetched": changed,
             "tickets": tickets_changed,
         }
+
+
+def _files_of(record: Record) -> list[str]:
+    name = file_name(record.name, record.kind)
+    return [name, f"{name}.json"]
 
 
 def _settle_memory() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import secrets
 import shutil
 import signal
@@ -17,14 +18,19 @@ from pathlib import Path
 from wxtokend.config import Config, load_config
 from wxtokend.daemon import Daemon
 from wxtokend.emulator import EmulatedApp, Emulator, EmulatorConfig
+from wxtokend.errors import WxTokendError
 from wxtokend.store import atomic_write
 
-__all__ = ["run_demo"]
+__all__ = ["DemoDirectoryError", "run_demo"]
 
 _LIFETIME = 60
 _STABLE_WINDOW = 15
 
 _APPS = (("shop", "wx5e1f00d5a1ce0001", "classic"), ("mini", "wx5e1f00d5a1ce0002", "stable"))
+
+
+class DemoDirectoryError(WxTokendError):
+    """The demo's directory cannot be created or written: a bad command line."""
 
 
 def _free_port() -> int:
@@ -86,19 +92,36 @@ Ctrl-C stops both.
 
 def run_demo(directory: Path) -> int:
     """Generate the demo config in ``directory`` and run both until Ctrl-C."""
+    shown = directory
     directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    # Tokens of an earlier demo came from an emulator that is gone: start clean.
-    shutil.rmtree(directory / "tokens", ignore_errors=True)
     # The config must name the emulator's port and the emulator must know the
     # config's apps: bind the port first, then write both.
     sock = socket.create_server(("127.0.0.1", 0))
     api_base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     admin = f"127.0.0.1:{_free_port()}"
-    config_path, emulator_config = _write_config(directory, api_base, admin)
+    try:
+        _clear(directory)
+        config_path, emulator_config = _write_config(directory, api_base, admin)
+    except OSError as exc:
+        sock.close()
+        raise DemoDirectoryError(
+            f"cannot use {shown} as the demo directory: {exc.strerror or exc} — name a"
+            " directory you can write, or a new one: wxtokend demo DIR"
+        ) from None
     config = load_config(config_path)
     print(_banner(_shown(directory), api_base, admin), flush=True)
     return asyncio.run(_serve(config, Emulator(emulator_config), sock))
+
+
+def _clear(directory: Path) -> None:
+    """Create the directory; drop the tokens of an earlier demo, whose emulator is gone."""
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = directory / "tokens"
+    if tokens.is_symlink() or tokens.is_file():
+        tokens.unlink()
+    shutil.rmtree(tokens, ignore_errors=True)
 
 
 async def _serve(config: Config, emulator: Emulator, sock: socket.socket) -> int:

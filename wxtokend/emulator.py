@@ -1224,6 +1224,8 @@ def load_emulator_config(path: Path) -> EmulatorConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise EmulatorConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise EmulatorConfigError(f"{path}: cannot read: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -1331,6 +1333,10 @@ async def _serve_until_signal(emulator: Emulator, ready: Callable[[str], None]) 
         await serving  # re-raises a startup failure such as a port already in use
 
 
+class _PortFileError(Exception):
+    """--port-file cannot be written: a bad command line, not a listen failure."""
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``wxtokend emulate`` until SIGINT or SIGTERM; 0 on a clean stop, 2 on bad config."""
     try:
@@ -1342,11 +1348,17 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         if port_file is not None:
-            _write_port_file(port_file, urlsplit(url).port or 0)
+            try:
+                _write_port_file(port_file, urlsplit(url).port or 0)
+            except OSError as exc:
+                raise _PortFileError(f"--port-file {port_file}: {exc.strerror or exc}") from None
         print(f"wxtokend emulator listening on {url}", flush=True)
 
     try:
         asyncio.run(_serve_until_signal(Emulator(config), ready))
+    except _PortFileError as exc:
+        print(f"wxtokend emulate: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         reason = exc.strerror or str(exc)
         print(

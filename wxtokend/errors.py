@@ -74,23 +74,34 @@ class ListenError(WxTokendError):
 class FetchError(WxTokendError):
     """A token fetch failed.
 
-    ``errcode`` is WeChat's (``None`` for HTTP or transport failures), ``hint``
-    tells the operator what to do, ``outcome`` is the short label used in logs
-    and metrics.
+    ``errcode`` is WeChat's (``None`` for HTTP or transport failures), ``fix``
+    what the operator should do (empty if nothing), ``retry`` what the daemon
+    does about it (each kind has its default), ``outcome`` the short label used
+    in logs and metrics. ``hint`` is both, for the daemon's logs and status; a
+    one-shot command (``check --online``) retries nothing and shows ``fix`` only.
     """
 
     outcome = "error"
+    retries = "retrying"
 
-    def __init__(self, message: str, *, errcode: int | None = None, hint: str = "") -> None:
+    def __init__(
+        self, message: str, *, errcode: int | None = None, fix: str = "", retry: str = ""
+    ) -> None:
         self.errcode = errcode
-        self.hint = hint
+        self.fix = fix
+        self.retry = retry or self.retries
         super().__init__(message)
+
+    @property
+    def hint(self) -> str:
+        return f"{self.fix}; {self.retry}" if self.fix else self.retry
 
 
 class TransientError(FetchError):
     """WeChat or the network hiccuped; the same call will likely work soon."""
 
     outcome = "transient"
+    retries = "retrying with backoff"
 
 
 class MalformedResponse(TransientError):
@@ -109,12 +120,14 @@ class MinuteQuotaError(FetchError):
     """45011: too many calls this minute; the next minute is fine."""
 
     outcome = "minute_quota"
+    retries = "waiting for the next minute"
 
 
 class DailyQuotaError(FetchError):
     """45009: the daily quota is spent; calling again before the reset only fails."""
 
     outcome = "daily_quota"
+    retries = "no fetch until the quota resets at 00:00 Beijing time"
 
 
 class AdminWaitError(FetchError):
@@ -122,18 +135,28 @@ class AdminWaitError(FetchError):
 
     outcome = "admin_wait"
 
-    def __init__(self, message: str, *, errcode: int, hint: str, wait: float) -> None:
+    def __init__(
+        self, message: str, *, errcode: int, fix: str, wait: float, retry: str = ""
+    ) -> None:
         self.wait = wait
-        super().__init__(message, errcode=errcode, hint=hint)
+        super().__init__(message, errcode=errcode, fix=fix, retry=retry or _retrying_in(wait))
 
 
 class FatalConfigError(FetchError):
     """Retrying cannot help until a human changes something (secret, whitelist, account)."""
 
     outcome = "fatal"
+    retries = "retrying every 10 min"
 
 
 class UnknownErrcodeError(FetchError):
     """An errcode missing from our table: retried slowly so it cannot burn the quota."""
 
     outcome = "unknown"
+    retries = "retrying slowly"
+
+
+def _retrying_in(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"retrying in {seconds / 3600:g} h"
+    return f"retrying in {seconds / 60:g} min"

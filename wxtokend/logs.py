@@ -6,6 +6,7 @@ slipped into any string value is replaced before it is rendered.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -34,9 +35,13 @@ def configure(
 ) -> None:
     """Log to ``stream`` (stdout); JSON unless it is a terminal (or ``json`` says otherwise)."""
     stream = stream or sys.stdout
+    if isinstance(stream, io.TextIOWrapper) and stream.encoding.lower().replace("-", "") != "utf8":
+        # Chinese hints on a non-UTF-8 stream: escaped, never a crash in the middle of a log.
+        stream.reconfigure(errors="backslashreplace")
     as_json = not stream.isatty() if json is None else json
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        # Hints quote WeChat's console menus in Chinese: keep them readable in journald.
+        structlog.processors.JSONRenderer(ensure_ascii=False)
         if as_json
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )

@@ -19,7 +19,7 @@ import hmac
 import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from wxtokend.clock import Clock, iso
@@ -117,6 +117,7 @@ class Refresher:
     kind = TOKEN  # what this loop keeps: the token here, a ticket in TicketRefresher
     # Slots: one of these per app and ticket, and 10,000 instance dicts weighed ~15 MB.
     __slots__ = (
+        "_arrived",
         "_clock",
         "_closed",
         "_expires_mono",
@@ -196,6 +197,7 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._files = asyncio.Lock()  # one file write at a time, in order
         self._wake = asyncio.Event()
+        self._arrived = asyncio.Event()  # set (and replaced) whenever a new token is in place
         self._log = get_logger(
             app=app.name, appid=app.appid, grant=app.grant, **self._log_context()
         )
@@ -379,7 +381,7 @@ class Refresher:
         self._log.info(
             "refresh",
             outcome="reused",
-            token=fingerprint(record.access_token),
+            fingerprint=fingerprint(record.access_token),
             expires_in=int(record.expires_at - now),
             next_refresh=iso(self.next_at),
             interrupted_fetch=record.interrupted() or None,
@@ -479,7 +481,7 @@ class Refresher:
                 return await self._upstream(force=force), "ok"
             raise TransientError(
                 f"Redis unreachable, and this instance may not fetch alone: {exc}",
-                hint="restore Redis; classic-grant members never fetch independently (that"
+                fix="restore Redis; classic-grant members never fetch independently (that"
                 " starts the invalidation war) unless fleet.on_redis_down is fetch",
             ) from None
 
@@ -494,7 +496,7 @@ class Refresher:
         if fleet.settings.role == "follower":
             raise TransientError(
                 "follower: waiting for a member of the fleet to refresh",
-                hint="followers never fetch; check that a member runs and reaches Redis",
+                fix="followers never fetch; check that a member runs and reaches Redis",
             )
         if self._fleet_held:  # a passive refresh already holds the fleet's lock
             return await self._fetch_and_publish(fleet, key, force=force)
@@ -506,7 +508,7 @@ class Refresher:
             if not held:
                 raise TransientError(
                     "another instance holds the fetch lock and published nothing yet",
-                    hint="retrying; its lock expires after fleet.lock_ttl if it died",
+                    retry="retrying; its lock expires after fleet.lock_ttl if it died",
                 )
             return await self._fetch_and_publish(fleet, key, force=force)
 
@@ -800,6 +802,7 @@ class Refresher:
         )
         self.next_at = self._planned  # before the write: it yields, and may be cancelled
         saved = await self._write(record)
+        self._announce_arrival()
         self._metrics.token(
             self.app.name, expires_at=record.expires_at, fetched=now, kind=self.kind
         )
@@ -845,11 +848,26 @@ class Refresher:
             "refresh",
             outcome=outcome,
             errcode=0,
-            token=fingerprint(token.access_token),
+            fingerprint=fingerprint(token.access_token),
             expires_in=token.expires_in,
             next_refresh=iso(self.next_at),
             next_refresh_in=round(self.next_at - now, 1),
         )
+
+    def _announce_arrival(self) -> None:
+        """Wake everything waiting for a token (ticket loops at a cold start)."""
+        arrived, self._arrived = self._arrived, asyncio.Event()
+        arrived.set()
+
+    async def until_valid(self, within: float | None) -> bool:
+        """Until this loop holds a valid token (True), or ``within`` seconds passed."""
+        if self.has_valid_token():
+            return True
+        if within is None:
+            await self._arrived.wait()
+        else:
+            await self._clock.wait(self._arrived, within)
+        return self.has_valid_token()
 
     # -- files ---------------------------------------------------------------
 
@@ -922,7 +940,7 @@ class Refresher:
         if self.has_valid_token() and self.written_token == record.access_token:
             raise TransientError(
                 f"fetch deferred, the token on disk stays valid: {self.write_error}",
-                hint=self.write_hint or "",
+                fix=self.write_hint or "",
             )
 
     async def _mark_if_expired(self, *, force: bool = False) -> None:
@@ -1018,7 +1036,7 @@ class TicketRefresher(Refresher):
     token, never a loop.
     """
 
-    __slots__ = ("_refusing", "_tickets", "_tokens", "kind", "ticket")
+    __slots__ = ("_refusing", "_tickets", "_tokens", "kind", "ticket", "waiting_for_token")
 
     def __init__(
         self,
@@ -1039,6 +1057,7 @@ class TicketRefresher(Refresher):
         self.kind = kind
         self.ticket: Ticket = kind
         self._refusing = False  # fresh tokens refused too: stop refreshing the token for it
+        self.waiting_for_token = False
         self._tokens = tokens
         self._tickets = tickets
         super().__init__(
@@ -1067,12 +1086,51 @@ class TicketRefresher(Refresher):
     def credential(self) -> str:
         return f"{self.kind}_ticket"
 
+    async def run(self) -> None:
+        """Like the token's loop, but no fetch (and no failure) before the token is valid."""
+        while True:
+            await self._await_token()
+            plan = self._plan
+            if await self._sleep_until(self.next_at):
+                await self.step(plan)
+
+    async def _await_token(self) -> None:
+        """Sleep until the app's token is valid, woken when it arrives.
+
+        A cold start fetches the token first; a token that keeps failing is the token
+        loop's error to report, not this one's. Meanwhile this ticket's own file is
+        still marked expired when its time comes.
+        """
+        while not self._tokens.has_valid_token():
+            self.waiting_for_token = True
+            record = self.record
+            live = record is not None and not record.expired
+            timeout = max(0.0, record.expires_at - self._clock.now()) if live and record else None
+            if not await self._tokens.until_valid(timeout):
+                await self._mark_if_expired(force=True)
+        self.waiting_for_token = False
+
+    async def ensure(self, *, attempts: int = 3) -> bool:
+        """For ``--once``: without a valid token there is nothing to fetch the ticket with."""
+        if not self._tokens.has_valid_token():
+            self.waiting_for_token = True
+            return self.has_valid_token()
+        return await super().ensure(attempts=attempts)
+
+    def status(self) -> AppStatus:
+        status = super().status()
+        if not self.waiting_for_token or status.last_error is not None:
+            return status
+        token = self._tokens.status()
+        why = f": {token.last_error}" if token.last_error else ""
+        return replace(status, last_error=f"waiting for the access_token{why}", hint=token.hint)
+
     async def _upstream(self, *, force: bool) -> Token:
         for attempt in (1, 2):
             token = self._tokens.record
             if token is None or not self._tokens.has_valid_token():
                 raise TransientError(
-                    "no valid access_token yet", hint="the ticket is fetched once the token is"
+                    "no valid access_token yet", retry="the ticket is fetched once the token is"
                 )
             try:
                 async with self._semaphore:
@@ -1091,8 +1149,8 @@ class TicketRefresher(Refresher):
                     raise FatalConfigError(
                         f"the {self.kind} ticket endpoint refuses even a fresh access_token",
                         errcode=40001,
-                        hint="another system may be refreshing this appid's token (classic"
-                        " grant), or the account may not use this ticket; retrying in 10 min",
+                        fix="another system may be refreshing this appid's token (classic"
+                        " grant), or the account may not use this ticket",
                     ) from None
                 answer = await self._tokens.report_rejected(
                     token=token.access_token, allow_force=False, internal=True

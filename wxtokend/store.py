@@ -343,6 +343,26 @@ class TokenStore:
             raise StateFileError(f"cannot read: {exc.strerror}") from None
         return Record.from_json(data, kind)
 
+    def records(self) -> list[Record]:
+        """Every record in the directory that is our own: ``<name>[.<kind>_ticket].json``
+        parsing as a record of that name and kind. Anything else is never touched."""
+        found = []
+        for entry in os.scandir(self.directory):
+            stem = entry.name.removesuffix(".json")
+            if stem == entry.name or not entry.is_file(follow_symlinks=False):
+                continue
+            name, _, suffix = stem.partition(".")
+            kind = suffix.removesuffix("_ticket") if suffix else TOKEN
+            if not name or (kind != TOKEN and kind not in TICKET_KINDS):
+                continue
+            if file_name(name, kind) != stem:
+                continue
+            with contextlib.suppress(StateFileError):
+                record = self.load(name, kind)
+                if record is not None and record.name == name:
+                    found.append(record)
+        return found
+
     def remove(self, name: str, kinds: tuple[str, ...] = (TOKEN, *TICKET_KINDS)) -> None:
         """Delete an app's files: its token and tickets, or only the ``kinds`` given.
 

@@ -59,10 +59,7 @@ MAX_EXPIRES_IN: Final = 86400
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _WHITELIST_IP = re.compile(r"invalid ip ([0-9a-fA-F.:]+)")
 _CONSOLE = "mp.weixin.qq.com"
-_NETWORK_HINT = (
-    "retrying with backoff; if it persists, check that this host reaches api_base"
-    " (and proxy, if set)"
-)
+_NETWORK_FIX = "if it persists, check that this host reaches api_base (and proxy, if set)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,11 +77,15 @@ class Token:
 
 @dataclass(frozen=True, kw_only=True)
 class Errcode:
-    """One row of the errcode table: what it means and what to do."""
+    """One row of the errcode table: what it means, what to do, what the daemon does.
+
+    ``retry`` is empty where the error kind's own default says it.
+    """
 
     kind: type[FetchError]
     meaning: str
-    hint: str
+    fix: str
+    retry: str = ""
     wait: float = 0.0
 
 
@@ -95,93 +96,95 @@ _COPY_FROM_CONSOLE = (
 )
 
 ERRCODES: Final[dict[int, Errcode]] = {
-    -1: Errcode(kind=TransientError, meaning="WeChat system busy", hint="retrying with backoff"),
+    -1: Errcode(kind=TransientError, meaning="WeChat system busy", fix=""),
     40001: Errcode(
         kind=FatalConfigError,
         meaning="AppSecret wrong (invalid credential)",
-        hint=_COPY_FROM_CONSOLE,
+        fix=_COPY_FROM_CONSOLE,
     ),
     40002: Errcode(
         kind=FatalConfigError,
         meaning="invalid grant_type",
-        hint="this is a wxtokend bug or an api_base that is not WeChat: please report it",
+        fix="this is a wxtokend bug or an api_base that is not WeChat: please report it",
     ),
     40013: Errcode(
         kind=FatalConfigError,
         meaning="invalid appid",
-        hint="check appid: it must be this account's AppID (wx + 16 hex digits) from the console",
+        fix="check appid: it must be this account's AppID (wx + 16 hex digits) from the console",
     ),
-    40125: Errcode(kind=FatalConfigError, meaning="invalid AppSecret", hint=_COPY_FROM_CONSOLE),
+    40125: Errcode(kind=FatalConfigError, meaning="invalid AppSecret", fix=_COPY_FROM_CONSOLE),
     40164: Errcode(
         kind=FatalConfigError,
         meaning="caller IP not in the IP whitelist",
-        hint="add {ip} to the IP whitelist ({console}: 设置与开发 → 基本配置 → IP白名单; Mini"
+        fix="add {ip} to the IP whitelist ({console}: 设置与开发 → 基本配置 → IP白名单; Mini"
         " Programs: 开发管理 → 开发设置 → IP白名单), or set proxy: to an egress proxy whose"
         " IP is already whitelisted",
     ),
     40243: Errcode(
         kind=FatalConfigError,
         meaning="AppSecret frozen",
-        hint="unfreeze or reset the AppSecret in the console, then update {source}",
+        fix="unfreeze or reset the AppSecret in the console, then update {source}",
     ),
-    41002: Errcode(kind=FatalConfigError, meaning="appid missing", hint="set appid for this app"),
+    41002: Errcode(kind=FatalConfigError, meaning="appid missing", fix="set appid for this app"),
     41004: Errcode(
-        kind=FatalConfigError, meaning="AppSecret missing", hint="put the AppSecret in {source}"
+        kind=FatalConfigError, meaning="AppSecret missing", fix="put the AppSecret in {source}"
     ),
     43002: Errcode(
         kind=FatalConfigError,
         meaning="wrong HTTP method",
-        hint="a proxy or api_base rewrote the request method: check api_base and proxy",
+        fix="a proxy or api_base rewrote the request method: check api_base and proxy",
     ),
     45009: Errcode(
         kind=DailyQuotaError,
         meaning="daily quota reached",
-        hint="no fetch until the quota resets at 00:00 Beijing time; if another system fetches"
-        " this appid, stop it; to reset now, use clear_quota in the console (10 a month)",
+        fix="if another system fetches this appid, stop it; to reset now, use clear_quota in"
+        " the console (10 a month)",
     ),
     45011: Errcode(
         kind=MinuteQuotaError,
         meaning="per-minute quota reached",
-        hint="waiting for the next minute; something else may be calling for this appid",
+        fix="if it recurs, something else is calling for this appid: stop it",
     ),
     50004: Errcode(
         kind=FatalConfigError,
         meaning="token API forbidden for this account",
-        hint="the account may not call this API: check its status in the console",
+        fix="the account may not call this API: check its status in the console",
     ),
     50007: Errcode(
         kind=FatalConfigError,
         meaning="account frozen",
-        hint="the account is frozen: resolve it in the console",
+        fix="the account is frozen: resolve it in the console",
     ),
     61024: Errcode(
         kind=FatalConfigError,
         meaning="third-party platform must use its own token",
-        hint="this appid is managed by a third-party platform: get its token from the platform",
+        fix="this appid is managed by a third-party platform: get its token from the platform",
     ),
     89501: Errcode(
         kind=AdminWaitError,
         meaning="waiting for an administrator to confirm this IP",
-        hint="ask the account administrator to confirm the call in WeChat; retrying in 10 min",
+        fix="ask the account administrator to confirm the call in WeChat",
         wait=600.0,
     ),
     89503: Errcode(
         kind=AdminWaitError,
         meaning="risky call: an administrator must confirm",
-        hint="ask the account administrator to confirm in WeChat (one refusal blocks this IP"
-        " for an hour); retrying in 10 min",
+        fix="ask the account administrator to confirm in WeChat (one refusal blocks this IP"
+        " for an hour)",
         wait=600.0,
     ),
     89506: Errcode(
         kind=AdminWaitError,
         meaning="an administrator refused this IP for 24 h",
-        hint="the administrator refused twice: this IP is blocked for 24 h; retrying after",
+        fix="the administrator refused twice: this IP is blocked for 24 h (or call from another"
+        " egress IP)",
         wait=86400.0,
     ),
     89507: Errcode(
         kind=AdminWaitError,
         meaning="an administrator refused this IP for 1 h",
-        hint="the administrator refused: this IP is blocked for 1 h; retrying after",
+        fix="the administrator refused: this IP is blocked for 1 h (or call from another egress"
+        " IP)",
         wait=3600.0,
     ),
 }
@@ -194,20 +197,21 @@ _WECOM_COPY_FROM_CONSOLE = (
 
 # WeCom reuses some numbers with its own meaning; its own table wins for WeCom apps.
 WECOM_ERRCODES: Final[dict[int, Errcode]] = {
-    40001: Errcode(kind=FatalConfigError, meaning="invalid secret", hint=_WECOM_COPY_FROM_CONSOLE),
+    40001: Errcode(kind=FatalConfigError, meaning="invalid secret", fix=_WECOM_COPY_FROM_CONSOLE),
     40013: Errcode(
         kind=FatalConfigError,
         meaning="invalid corpid",
-        hint="check corpid: it is the CorpID from the WeCom admin console (我的企业 → 企业信息)",
+        fix="check corpid: it is the CorpID from the WeCom admin console (我的企业 → 企业信息)",
     ),
     40091: Errcode(
-        kind=FatalConfigError, meaning="secret is invalid", hint=_WECOM_COPY_FROM_CONSOLE
+        kind=FatalConfigError, meaning="secret is invalid", fix=_WECOM_COPY_FROM_CONSOLE
     ),
     45009: Errcode(
         kind=DailyQuotaError,
         meaning="API call frequency limit reached",
-        hint="WeCom limits how often a token may be fetched: no fetch until the reset; if"
-        " another system fetches with this application's secret, stop it",
+        fix="WeCom limits how often a token may be fetched: if another system fetches with"
+        " this application's secret, stop it",
+        retry="no fetch until the reset",
     ),
 }
 
@@ -221,20 +225,20 @@ _TICKET_ENDPOINTS: Final[dict[tuple[str, str], tuple[str, dict[str, str]]]] = {
 
 
 def error_for(errcode: int, errmsg: str, app: AppConfig) -> FetchError:
-    """The error a WeChat errcode stands for, with the operator's hint filled in."""
+    """The error a WeChat errcode stands for, with the operator's fix filled in."""
     row = (WECOM_ERRCODES.get(errcode) if app.kind == "wecom" else None) or ERRCODES.get(errcode)
     if row is None:
         return UnknownErrcodeError(
             f"errcode {errcode}: {errmsg}",
             errcode=errcode,
-            hint="unknown errcode: look it up by the rid in its message; retrying slowly",
+            fix="unknown errcode: look it up by the rid in its message",
         )
     ip = m.group(1) if (m := _WHITELIST_IP.search(errmsg)) else "this server's egress IP"
-    hint = row.hint.format(source=app.secret_source, console=_CONSOLE, ip=ip)
+    fix = row.fix.format(source=app.secret_source, console=_CONSOLE, ip=ip)
     message = f"errcode {errcode} ({row.meaning}): {errmsg}"
     if row.kind is AdminWaitError:
-        return AdminWaitError(message, errcode=errcode, hint=hint, wait=row.wait)
-    return row.kind(message, errcode=errcode, hint=hint)
+        return AdminWaitError(message, errcode=errcode, fix=fix, retry=row.retry, wait=row.wait)
+    return row.kind(message, errcode=errcode, fix=fix, retry=row.retry)
 
 
 def is_valid_token(token: str) -> bool:
@@ -334,7 +338,7 @@ class WeChatClient:
             raise TokenRejectedError(
                 f"errcode {errcode}: the access_token was rejected fetching the {kind} ticket",
                 errcode=errcode,
-                hint="refreshing the token, then the ticket",
+                retry="refreshing the token, then the ticket",
             )
         self._raise_errcode(body, app, access_token)
         if not isinstance(body, dict) or not isinstance(body.get("ticket"), str):
@@ -370,23 +374,23 @@ class WeChatClient:
             async with asyncio.timeout(self._timeout):
                 status, body = await self._send(request)
         except TimeoutError:
-            error = TransientError("timed out (whole request)", hint=_NETWORK_HINT)
+            error = TransientError("timed out (whole request)", fix=_NETWORK_FIX)
         except httpx.TimeoutException as exc:
-            error = TransientError(f"timed out ({type(exc).__name__})", hint=_NETWORK_HINT)
+            error = TransientError(f"timed out ({type(exc).__name__})", fix=_NETWORK_FIX)
         except httpx.ProxyError as exc:
             error = TransientError(
                 f"proxy error: {self._safe(exc, app, *extra)}",
-                hint="check that proxy: is reachable",
+                fix="check that proxy: is reachable",
             )
         except httpx.TransportError as exc:
             error = TransientError(
-                f"connection failed: {self._safe(exc, app, *extra)}", hint=_NETWORK_HINT
+                f"connection failed: {self._safe(exc, app, *extra)}", fix=_NETWORK_FIX
             )
         except BodyTooLarge:
             error = MalformedResponse(
                 f"reply body over {MAX_BODY_BYTES // 1024} KiB: cut off unread",
-                hint="retrying with backoff; a token reply is a few hundred bytes, so api_base"
-                " (or proxy) leads to something that is not the WeChat API",
+                fix="a token reply is a few hundred bytes, so api_base (or proxy) leads to"
+                " something that is not the WeChat API",
             )
         except httpx.HTTPError as exc:  # e.g. a body that fails its Content-Encoding
             error = MalformedResponse(f"unreadable reply: {self._safe(exc, app, *extra)}")
@@ -414,16 +418,16 @@ class WeChatClient:
 
     def _decode(self, status: int, body: bytes) -> Any:
         if status >= 500 or status in (408, 429):
-            raise TransientError(f"HTTP {status} from WeChat", hint=_NETWORK_HINT)
+            raise TransientError(f"HTTP {status} from WeChat", fix=_NETWORK_FIX)
         if 300 <= status < 400:
             raise FatalConfigError(
                 f"HTTP {status} redirect from {self._base} (redirects are never followed)",
-                hint="api_base or proxy does not lead to the WeChat API: check both",
+                fix="api_base or proxy does not lead to the WeChat API: check both",
             )
         if status != 200:
             raise FatalConfigError(
                 f"HTTP {status} from {self._base}",
-                hint="api_base or proxy does not lead to the WeChat API: check both",
+                fix="api_base or proxy does not lead to the WeChat API: check both",
             )
         try:
             return json.loads(body)
