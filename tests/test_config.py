@@ -1543,7 +1543,7 @@ class TestOutputDirCheck:
         """A missing output_dir under a writable directory is fine; check does not create it."""
         path = output_dir_config(tmp_path, "a/b/tokens")
         assert main(["check", "-c", str(path)]) == 0
-        assert f"{path}: OK" in capsys.readouterr().out
+        assert f"{path}: config valid" in capsys.readouterr().out
         assert not (tmp_path / "a").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["app.secret", "config.yaml"]
 
