@@ -195,7 +195,7 @@ class TestFailures:
         await run_until(refresher, lambda: clock.now() > T0 + 120)
         token = (tmp_path / "shop").read_text()
         assert token.startswith("TOKEN_000001")
-        saved = store.load("shop")
+        saved = store.load("shop", now=clock.now())
         assert saved is not None
         assert saved.expired is True
         assert refresher.status().state == "expired"
@@ -280,7 +280,7 @@ class TestRestart:
         wechat.gate = asyncio.Event()  # ...and hangs until the process is killed
         task = asyncio.create_task(refresher.refresh())
         await asyncio.sleep(0.01)
-        saved = store.load("shop")
+        saved = store.load("shop", now=clock.now())
         assert saved is not None
         assert saved.interrupted()
         task.cancel()
@@ -301,7 +301,7 @@ class TestRestart:
         await refresher.refresh()
         clock.t += 6000
         await refresher.refresh()
-        saved = store.load("shop")
+        saved = store.load("shop", now=clock.now())
         assert saved is not None
         assert not saved.interrupted()
 
@@ -314,7 +314,7 @@ class TestRestart:
         assert refresher.adopt_stored() is False
         assert "state file ignored" in log_stream.getvalue()
         await run_until(refresher, lambda: bool(wechat.calls))
-        assert store.load("shop") is not None
+        assert store.load("shop", now=clock.now()) is not None
 
     async def test_expired_state_not_adopted(self, tmp_path: Path, log_stream: io.StringIO) -> None:
         """An expired stored token is not adopted: the first step fetches."""

@@ -311,8 +311,9 @@ class Refresher:
         ``refetch``: serve it, but fetch a new one at once (a reload changed the secret).
         """
         try:
-            record = self._store.load(self.app.name, self.kind)
+            record = self._store.load(self.app.name, self.kind, now=self._clock.now())
         except StateFileError as exc:
+            self._metrics.rejected("state_file")
             self._log.warning("state file ignored", reason=str(exc), fix="it will be replaced")
             return False
         if record is None:
@@ -483,6 +484,7 @@ class Refresher:
         await self._mark_refreshing()
         token = await self._upstream(force=force)
         record = Shared(
+            credential=key,
             token=token.access_token,
             expires_at=token.expires_at,
             fetched_at=token.fetched_at,
@@ -532,15 +534,23 @@ class Refresher:
                 self._fleet_held = False
 
     def _is_newer(self, shared: Shared | None, stale: str | None) -> bool:
-        """A shared record worth taking instead of fetching: another, valid, newer token."""
+        """A shared record worth taking instead of fetching: another, valid, newer token.
+
+        ``shared`` has passed Fleet.read's checks (signature, key, credential.check).
+        """
         if shared is None or shared.expires_at <= self._clock.now() + 1:
             return False
         if stale is not None and hmac.compare_digest(shared.token.encode(), stale.encode()):
             return False
-        if self._fleet_version is not None:  # versions, not clocks of different hosts
-            return shared.version > self._fleet_version
         current = self.record
-        return current is None or shared.fetched_at >= current.fetched_at
+        newer_fetch = current is None or shared.fetched_at >= current.fetched_at
+        if self._fleet_version is None:
+            return newer_fetch
+        if shared.version > self._fleet_version:  # versions, not clocks of different hosts
+            return True
+        # A lower version: Redis lost its state (FLUSHALL, a restart without persistence)
+        # and counting restarted. Only then do fetch times decide, and never backwards.
+        return shared.version < self._fleet_version and newer_fetch
 
     async def follow_fleet(self) -> bool:
         """Take the fleet's record if it is newer (pub/sub push or reconcile); no fetch."""
@@ -1088,5 +1098,5 @@ async def _in_thread(work: Callable[[Record], object], record: Record) -> None:
 
 def _token_of(shared: Shared) -> Token:
     """A fleet record as if just fetched: same token, its own fetch time and expiry."""
-    lifetime = max(1, int(shared.expires_at - shared.fetched_at))
+    lifetime = max(1, round(shared.expires_at - shared.fetched_at))  # 1 s to a day: checked
     return Token(access_token=shared.token, expires_in=lifetime, fetched_at=shared.fetched_at)
