@@ -354,6 +354,8 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                "--enable-debug-command",
+                "local",  # DEBUG SLEEP: tests stall Redis
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -540,17 +540,16 @@ class Refresher:
         """
         if shared is None or shared.expires_at <= self._clock.now() + 1:
             return False
-        if stale is not None and hmac.compare_digest(shared.token.encode(), stale.encode()):
-            return False
         current = self.record
-        newer_fetch = current is None or shared.fetched_at >= current.fetched_at
-        if self._fleet_version is None:
-            return newer_fetch
-        if shared.version > self._fleet_version:  # versions, not clocks of different hosts
-            return True
-        # A lower version: Redis lost its state (FLUSHALL, a restart without persistence)
-        # and counting restarted. Only then do fetch times decide, and never backwards.
-        return shared.version < self._fleet_version and newer_fetch
+        for known in (stale, current.access_token if current else None):
+            if known is not None and hmac.compare_digest(shared.token.encode(), known.encode()):
+                return False
+        if self._fleet_version is not None and shared.version > self._fleet_version:
+            return True  # versions, not clocks of different hosts
+        # No version followed yet, or a version not above ours with another token: Redis
+        # lost its state (FLUSHALL, a restart without persistence) and counting restarted.
+        # Only then do fetch times decide, and never backwards.
+        return current is None or shared.fetched_at >= current.fetched_at
 
     async def follow_fleet(self) -> bool:
         """Take the fleet's record if it is newer (pub/sub push or reconcile); no fetch."""
