@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,3 +287,80 @@ class TestRedisMisbehaving:
         time.sleep(1)  # a second fetch would come right behind the first
         stats = emu.stats()
         assert [stats[a.appid]["token"] for a in group] == [1, 1]
+
+
+def documented_acls() -> dict[str, str]:
+    """The ACL SETUSER lines of README's Security model, by user name."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if line.startswith("ACL SETUSER ")]
+    return {line.split()[2]: line for line in lines}
+
+
+class TestRedisAcls:
+    """The Redis ACLs the README gives are enough for a member, and a follower may only read."""
+
+    def test_documented_acls(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory, redis_server: RedisServer
+    ) -> None:
+        """A member (classic and stable, a force included) and a follower run on the documented
+        users without one refused command; the follower's user cannot write a record."""
+        acls = documented_acls()
+        assert set(acls) == {"wxtokend-member", "wxtokend-follower"}
+        admin = redis.Redis.from_url(redis_server.url)
+        for user, line in acls.items():
+            line = line.replace("MEMBER_PASSWORD", "pw-member").replace(
+                "FOLLOWER_PASSWORD", "pw-follower"
+            )
+            assert admin.execute_command(*line.split()) == b"OK", user
+        url = f"redis://{{}}@127.0.0.1:{redis_server.port}/0"
+        member_url = url.format("wxtokend-member:pw-member")
+        follower_url = url.format("wxtokend-follower:pw-follower")
+        group = [*apps(1), TestApp(appid="wx" + "d" * 16, secret="s" * 32, name="mini")]
+        emu = emulator(group, lifetime=8, grace=2, stable_window=1)
+        member = daemon(
+            group,
+            emu.base_url,
+            fleet={**fleet_settings(redis_server), "redis": member_url},
+            stable_renew_window=1,
+        )
+        follower = daemon(
+            group,
+            emu.base_url,
+            fleet={**fleet_settings(redis_server), "redis": follower_url, "role": "follower"},
+            stable_renew_window=1,
+        )
+        member.start()
+        follower.start()
+        first = member.wait_for_tokens(["app0", "mini"], timeout=30)
+        wait_for(
+            lambda: all(follower.token(n) == first[n] for n in first),
+            timeout=15,
+            what="the follower to mirror the member",
+        )
+        with member.admin() as client:  # stable: normal mode returns the same token, then force
+            answer = client.post("/v1/apps/mini/refresh", json={"access_token": first["mini"]})
+            assert answer.json()["result"] == "refreshed"
+        assert emu.stats()[group[1].appid]["stable_token_force"] == 1
+        assert admin.zcard(f"wxtokend:force:{group[1].appid}:stable") == 1  # the fleet counted it
+        admin.close()
+        wait_for(
+            lambda: (
+                member.token("app0") != first["app0"]
+                and all(follower.token(n) == member.token(n) for n in first)
+            ),
+            timeout=20,
+            what="a scheduled refresh the follower mirrors",
+        )
+        for proc in (member, follower):
+            assert "NOPERM" not in proc.log_text()
+            assert "Redis unreachable" not in proc.log_text()
+        as_follower = redis.Redis.from_url(follower_url)
+        for write in (
+            lambda: as_follower.set("wxtokend:rec:wx1:classic", "{}"),
+            lambda: as_follower.publish("wxtokend:updates", "wx1:classic"),
+            lambda: as_follower.get("wxtokend:lock:wx1:classic"),
+            lambda: as_follower.eval("return 1", 0),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                write()
+        as_follower.close()
