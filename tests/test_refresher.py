@@ -316,6 +316,38 @@ class TestRestart:
         await run_until(refresher, lambda: bool(wechat.calls))
         assert store.load("shop", now=clock.now()) is not None
 
+    @pytest.mark.parametrize(
+        ("token", "fetched_at", "expires_at"),
+        [
+            ("evil token\nwith newline", 0, 7200),
+            ("T" * 613, 0, 7200),
+            ("TOKEN_FAR", 0, 10**15),
+            ("TOKEN_SOON", 3600, 10800),
+        ],
+    )
+    async def test_invalid_state_file_refused(
+        self, tmp_path: Path, token: str, fetched_at: int, expires_at: int
+    ) -> None:
+        """A state file failing the one token check is never served: counted, then replaced."""
+        body = {"appid": make_app("classic").appid, "name": "shop", "grant": "classic"}
+        body |= {"access_token": token, "fetched_at": int(T0) + fetched_at}
+        body |= {"expires_at": expires_at if expires_at > 10**12 else int(T0) + expires_at}
+        (tmp_path / "shop.json").write_text(json.dumps(body))
+        (tmp_path / "shop").write_text(token)
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        assert refresher.adopt_stored() is False
+        metric = refresher._metrics.registry.get_sample_value(
+            "wxtokend_rejected_records_total", {"source": "state_file"}
+        )
+        assert metric == 1
+        await run_until(refresher, lambda: bool(wechat.calls))
+        saved = store.load("shop", now=clock.now())
+        assert saved is not None
+        assert saved.access_token != token
+        assert (tmp_path / "shop").read_text() == saved.access_token
+
     async def test_expired_state_not_adopted(self, tmp_path: Path, log_stream: io.StringIO) -> None:
         """An expired stored token is not adopted: the first step fetches."""
         store = TokenStore(directory=tmp_path, file_mode=0o640)
