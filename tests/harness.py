@@ -17,7 +17,10 @@ from typing import Any
 import httpx
 import yaml
 
-__all__ = ["DaemonProcess", "EmulatorProcess", "TestApp", "wait_for"]
+__all__ = ["FLEET_KEY", "DaemonProcess", "EmulatorProcess", "TestApp", "wait_for"]
+
+# The key a test fleet shares unless a test gives fleet.key_file itself.
+FLEET_KEY = "test-fleet-key-0123456789abcdef0123456789abcdef"
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, step: float = 0.05) -> Any:
@@ -171,6 +174,10 @@ class DaemonProcess:
                 _replace(secret_path, secret)
             entries.append(_daemon_entry(app))
         settings.setdefault("admin", {"listen": "127.0.0.1:0"})  # concurrent daemons never collide
+        fleet = settings.get("fleet")
+        if fleet is not None and "key_file" not in fleet:
+            _replace(self.directory / "fleet.key", FLEET_KEY + "\n")
+            settings["fleet"] = {**fleet, "key_file": "fleet.key"}
         config = {
             "output_dir": "tokens",
             "api_base": self.api_base,
@@ -347,6 +354,8 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                "--enable-debug-command",
+                "local",  # DEBUG SLEEP: tests stall Redis
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

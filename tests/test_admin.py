@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -390,6 +392,23 @@ class TestSdkEndpoints:
             params={"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET},
         )
         assert answer.json()["errcode"] == -1
+
+    @pytest.mark.parametrize(
+        "change",
+        [{"access_token": "evil token\nwith newline"}, {"expires_at": 10**15}],
+    )
+    async def test_invalid_token_never_handed_out(
+        self, world: World, change: dict[str, Any]
+    ) -> None:
+        """A token failing the one check (a bug upstream) gets -1, never reaches an SDK."""
+        await world.fetch_all()
+        for refresher in world.daemon.refreshers.values():
+            assert refresher.record is not None
+            refresher.record = dataclasses.replace(refresher.record, **change)
+        params = {"grant_type": "client_credential", "appid": SHOP.appid, "secret": SHOP_SECRET}
+        answer = (await world.admin.get("/cgi-bin/token", params=params)).json()
+        assert answer["errcode"] == -1
+        assert "access_token" not in answer
 
     async def test_force_refresh_is_debounced(self, world: World) -> None:
         """Classic force_refresh: a brand-new token is returned; an older one refreshed once."""

@@ -34,6 +34,7 @@ ENV_SECRET = "env-s3cr3t-0123456789abcdef01234"
 INLINE_SECRET = "INLINE-s3cr3t-DO-NOT-PRINT-4242"
 AS_ROOT = os.geteuid() == 0
 
+FLEET_KEY = "k" * 16 + "0123456789abcdef"
 MINIMAL = f"""\
 apps:
   - appid: {APPID}
@@ -1153,23 +1154,30 @@ class TestFleetConfig:
     def test_redis_url_from_a_file(self, tmp_path: Path) -> None:
         """redis_file keeps the password out of the config file."""
         (tmp_path / "redis.url").write_text("redis://:pw@redis.internal:6379/0\n")
-        config = load(tmp_path, f"fleet: {{redis_file: redis.url, role: follower}}\n{MINIMAL}")
+        (tmp_path / "fleet.key").write_text(FLEET_KEY + "\n")
+        config = load(
+            tmp_path,
+            f"fleet: {{redis_file: redis.url, key_file: fleet.key, role: follower}}\n{MINIMAL}",
+        )
         assert config.fleet is not None
         assert config.fleet.redis_url == "redis://:pw@redis.internal:6379/0"
         assert config.fleet.role == "follower"
+        assert config.fleet.key.reveal() == FLEET_KEY
+        assert FLEET_KEY not in repr(config)
 
     @pytest.mark.parametrize(
         ("fleet", "problem"),
         [
-            ("{}", "needs exactly one of redis or redis_file"),
-            ("{redis: 'http://x'}", "must be a redis://"),
-            ("{redis_file: missing.url}", "cannot read it"),
-            ("{redis: 'redis://x', role: leader}", "member"),
+            ("{key_file: fleet.key}", "needs exactly one of redis or redis_file"),
+            ("{redis: 'http://x', key_file: fleet.key}", "must be a redis://"),
+            ("{redis_file: missing.url, key_file: fleet.key}", "cannot read it"),
+            ("{redis: 'redis://x', key_file: fleet.key, role: leader}", "member"),
         ],
     )
     def test_invalid(self, tmp_path: Path, fleet: str, problem: str) -> None:
         """Each mistake is one line naming fleet's key; a URL is never echoed."""
         path = write_config(tmp_path, f"fleet: {fleet}\n{MINIMAL}")
+        (tmp_path / "fleet.key").write_text(FLEET_KEY)
         (line,) = problems_of(path)
         assert ": fleet" in line
         assert problem in line
@@ -1762,3 +1770,60 @@ class TestReloadOfAnUnreadableConfig:
         (problem,) = event["problems"]
         assert problem.startswith(f"{path}:")
         assert "alias bomb" in problem or "nested more than 64 deep" in problem
+
+
+class TestFleetKey:
+    """fleet.key_file: required, read at start, never echoed."""
+
+    @pytest.mark.parametrize(
+        ("content", "problem"),
+        [
+            (None, "cannot read: No such file or directory"),
+            ("", "at least 32 visible ASCII characters (it holds 0 characters)"),
+            ("short-key", "(it holds 9 characters)"),
+            ("a" * 20 + " " + "b" * 20, "one line of at least 32"),
+            ("a" * 20 + "\n" + "b" * 20, "one line of at least 32"),
+            ("\u00e9" * 40, "visible ASCII"),
+        ],
+    )
+    def test_bad_key_file(self, tmp_path: Path, content: str | None, problem: str) -> None:
+        """A missing, short or malformed key file is one error naming fleet.key_file."""
+        path = write_config(tmp_path, f"fleet: {{redis: 'redis://x', key_file: k}}\n{MINIMAL}")
+        if content is not None:
+            (tmp_path / "k").write_text(content)
+        (line,) = problems_of(path)
+        assert ": fleet.key_file: " in line
+        assert problem in line
+        assert "openssl rand -hex 32" in line
+        if content:
+            assert content.strip() not in line
+
+    def test_unreadable_key_file(self, tmp_path: Path) -> None:
+        """A key file that is not UTF-8 text is refused, not a traceback."""
+        path = write_config(tmp_path, f"fleet: {{redis: 'redis://x', key_file: k}}\n{MINIMAL}")
+        (tmp_path / "k").write_bytes(b"\xff" * 40)
+        (line,) = problems_of(path)
+        assert "fleet.key_file: " in line
+        assert "cannot read: not UTF-8 text" in line
+
+    def test_required_with_migration_hint(self, tmp_path: Path) -> None:
+        """A fleet without key_file does not start: the error says why and how to add one."""
+        path = write_config(tmp_path, f"fleet: {{redis: 'redis://x'}}\n{MINIMAL}")
+        (line,) = problems_of(path)
+        assert ": fleet.key_file: is missing: fleet records are signed" in line
+        assert "give every member and follower the same file" in line
+        assert "older, unsigned members are then never adopted" in line
+
+    def test_surrounding_whitespace_ignored(self, tmp_path: Path) -> None:
+        """A trailing newline (echo, editors) is not part of the key."""
+        (tmp_path / "k").write_text(f"  {FLEET_KEY}\n\n")
+        config = load(tmp_path, f"fleet: {{redis: 'redis://x', key_file: k}}\n{MINIMAL}")
+        assert config.fleet is not None
+        assert config.fleet.key.reveal() == FLEET_KEY
+
+    def test_not_read_without_secrets(self, tmp_path: Path) -> None:
+        """Commands consumers run (get) need no key: the key file is not read."""
+        path = write_config(tmp_path, f"fleet: {{redis: 'redis://x', key_file: k}}\n{MINIMAL}")
+        config = load_config(path, environ={}, secrets=False)
+        assert config.fleet is not None
+        assert config.fleet.key.reveal() == ""

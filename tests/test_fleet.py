@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
 
 import pytest
-from harness import RedisServer
+from harness import FLEET_KEY, RedisServer
 
+from wxtokend import logs
 from wxtokend.fleet import Fleet, FleetSettings, RedisDown, Shared
+from wxtokend.metrics import Metrics
+from wxtokend.redact import Secret
 
 
 @pytest.fixture
@@ -16,15 +21,22 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def record(version: int, token: str = "T", expires_in: float = 600) -> Shared:
+def record(
+    version: int, token: str = "T", expires_in: float = 600, credential: str = "wx1:classic"
+) -> Shared:
     now = time.time()
     return Shared(
-        token=f"{token}{version}", expires_at=now + expires_in, fetched_at=now, version=version
+        credential=credential,
+        token=f"{token}{version}",
+        expires_at=now + expires_in,
+        fetched_at=now,
+        version=version,
     )
 
 
-def fleet(url: str, **kw: object) -> Fleet:
-    return Fleet(FleetSettings(redis_url=url, **kw), clock_now=time.time)  # type: ignore[arg-type]
+def fleet(url: str, key: str = FLEET_KEY, metrics: Metrics | None = None, **kw: object) -> Fleet:
+    settings = FleetSettings(redis_url=url, key=Secret(key), **kw)  # type: ignore[arg-type]
+    return Fleet(settings, clock_now=time.time, metrics=metrics)
 
 
 @pytest.mark.anyio
@@ -54,7 +66,7 @@ class TestNewestWins:
         """Each credential has its own record."""
         f = fleet(redis_server.url)
         await f.write("wx1:classic", record(1, token="A"))
-        await f.write("wx2:classic", record(1, token="B"))
+        await f.write("wx2:classic", record(1, token="B", credential="wx2:classic"))
         a, b = await f.read("wx1:classic"), await f.read("wx2:classic")
         assert a is not None
         assert b is not None
@@ -120,7 +132,7 @@ class TestFollowAndBudget:
         await asyncio.sleep(0.3)
         await writer.write("wx1:classic", record(2))
         await writer.write("wx1:classic", record(1))  # refused: not published
-        await writer.write("wx2:stable", record(1))
+        await writer.write("wx2:stable", record(1, credential="wx2:stable"))
         for _ in range(50):
             if len(seen) >= 2:
                 break
@@ -172,4 +184,87 @@ class TestVersionCounter:
         await f._redis.set("wxtokend:rec:wx1:classic", '{"token": "x"}')
         assert await f.write("wx1:classic", record(1))
         assert f.up
+        await f.aclose()
+
+
+def rejected(metrics: Metrics) -> float:
+    value = metrics.registry.get_sample_value(
+        "wxtokend_rejected_records_total", {"source": "fleet"}
+    )
+    return value or 0.0
+
+
+@pytest.mark.anyio
+class TestUntrustedRecords:
+    """Nothing in Redis is adopted unless signed with the fleet key for its own key."""
+
+    async def test_signed_record_is_read(self, redis_server: RedisServer) -> None:
+        """Members sharing the key read each other's records."""
+        a, b = fleet(redis_server.url), fleet(redis_server.url)
+        assert await a.write("wx1:classic", record(1))
+        shared = await b.read("wx1:classic")
+        assert shared is not None
+        assert shared.token == "T1"
+        stored = json.loads(await a._redis.get("wxtokend:rec:wx1:classic"))
+        assert set(stored) == {"credential", "token", "expires_at", "fetched_at", "version", "sig"}
+        await a.aclose()
+        await b.aclose()
+
+    async def test_other_key_is_rejected(self, redis_server: RedisServer) -> None:
+        """A record signed with another key (another fleet, a forger) reads as absent."""
+        metrics = Metrics()
+        other = fleet(redis_server.url, key="another-fleet-key-" + "9" * 20)
+        mine = fleet(redis_server.url, metrics=metrics)
+        assert await other.write("wx1:classic", record(3, token="FOREIGN"))
+        assert await mine.read("wx1:classic") is None
+        assert rejected(metrics) == 1
+        await other.aclose()
+        await mine.aclose()
+
+    async def test_copied_record_is_rejected(self, redis_server: RedisServer) -> None:
+        """A valid record of one app copied under another app's key reads as absent."""
+        f = fleet(redis_server.url)
+        assert await f.write("wx1:classic", record(1))
+        raw = await f._redis.get("wxtokend:rec:wx1:classic")
+        await f._redis.set("wxtokend:rec:wx2:classic", raw)
+        assert await f.read("wx2:classic") is None
+        assert await f.read("wx1:classic") is not None
+        await f.aclose()
+
+    async def test_logged_once_naming_the_key(self, redis_server: RedisServer) -> None:
+        """One loud error per bad record, however often it is read: the key, never the token."""
+        stream = io.StringIO()
+        logs.configure(level="info", stream=stream, json=True)
+        metrics = Metrics()
+        f = fleet(redis_server.url, metrics=metrics)
+        evil = {"token": "EVILTOKEN", "expires_at": 1e15, "fetched_at": 0, "version": 99}
+        await f._redis.set("wxtokend:rec:wx1:classic", json.dumps(evil))
+        for _ in range(3):
+            assert await f.read("wx1:classic") is None
+        events = [json.loads(line) for line in stream.getvalue().splitlines()]
+        errors = [e for e in events if e["event"].startswith("fleet record rejected")]
+        assert len(errors) == 1
+        assert errors[0]["key"] == "wxtokend:rec:wx1:classic"
+        assert errors[0]["level"] == "error"
+        assert "unsigned" in errors[0]["reason"]
+        assert "EVILTOKEN" not in stream.getvalue()
+        assert rejected(metrics) == 1
+        evil["token"] = "EVILTOKEN2"  # another bad record: counted and logged again
+        await f._redis.set("wxtokend:rec:wx1:classic", json.dumps(evil))
+        assert await f.read("wx1:classic") is None
+        assert rejected(metrics) == 2
+        await f.aclose()
+
+    async def test_rejected_record_can_be_overwritten(self, redis_server: RedisServer) -> None:
+        """An old unsigned or hostile record is replaced by the next signed write (CAS by
+        version still works: the next version is taken above the stored one)."""
+        f = fleet(redis_server.url)
+        unsigned = {"token": "OLD", "expires_at": time.time() + 600, "fetched_at": 0}
+        await f._redis.set("wxtokend:rec:wx1:classic", json.dumps(unsigned | {"version": 41}))
+        version = await f.next_version("wx1:classic")
+        assert version == 42
+        assert await f.write("wx1:classic", record(version))
+        shared = await f.read("wx1:classic")
+        assert shared is not None
+        assert (shared.token, shared.version) == ("T42", 42)
         await f.aclose()

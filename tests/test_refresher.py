@@ -195,7 +195,7 @@ class TestFailures:
         await run_until(refresher, lambda: clock.now() > T0 + 120)
         token = (tmp_path / "shop").read_text()
         assert token.startswith("TOKEN_000001")
-        saved = store.load("shop")
+        saved = store.load("shop", now=clock.now())
         assert saved is not None
         assert saved.expired is True
         assert refresher.status().state == "expired"
@@ -280,7 +280,7 @@ class TestRestart:
         wechat.gate = asyncio.Event()  # ...and hangs until the process is killed
         task = asyncio.create_task(refresher.refresh())
         await asyncio.sleep(0.01)
-        saved = store.load("shop")
+        saved = store.load("shop", now=clock.now())
         assert saved is not None
         assert saved.interrupted()
         task.cancel()
@@ -301,7 +301,7 @@ class TestRestart:
         await refresher.refresh()
         clock.t += 6000
         await refresher.refresh()
-        saved = store.load("shop")
+        saved = store.load("shop", now=clock.now())
         assert saved is not None
         assert not saved.interrupted()
 
@@ -314,7 +314,39 @@ class TestRestart:
         assert refresher.adopt_stored() is False
         assert "state file ignored" in log_stream.getvalue()
         await run_until(refresher, lambda: bool(wechat.calls))
-        assert store.load("shop") is not None
+        assert store.load("shop", now=clock.now()) is not None
+
+    @pytest.mark.parametrize(
+        ("token", "fetched_at", "expires_at"),
+        [
+            ("evil token\nwith newline", 0, 7200),
+            ("T" * 613, 0, 7200),
+            ("TOKEN_FAR", 0, 10**15),
+            ("TOKEN_SOON", 3600, 10800),
+        ],
+    )
+    async def test_invalid_state_file_refused(
+        self, tmp_path: Path, token: str, fetched_at: int, expires_at: int
+    ) -> None:
+        """A state file failing the one token check is never served: counted, then replaced."""
+        body = {"appid": make_app("classic").appid, "name": "shop", "grant": "classic"}
+        body |= {"access_token": token, "fetched_at": int(T0) + fetched_at}
+        body |= {"expires_at": expires_at if expires_at > 10**12 else int(T0) + expires_at}
+        (tmp_path / "shop.json").write_text(json.dumps(body))
+        (tmp_path / "shop").write_text(token)
+        clock = VirtualClock()
+        wechat = ScriptedWeChat(clock)
+        refresher, store = make_refresher(tmp_path, clock, wechat)
+        assert refresher.adopt_stored() is False
+        metric = refresher._metrics.registry.get_sample_value(
+            "wxtokend_rejected_records_total", {"source": "state_file"}
+        )
+        assert metric == 1
+        await run_until(refresher, lambda: bool(wechat.calls))
+        saved = store.load("shop", now=clock.now())
+        assert saved is not None
+        assert saved.access_token != token
+        assert (tmp_path / "shop").read_text() == saved.access_token
 
     async def test_expired_state_not_adopted(self, tmp_path: Path, log_stream: io.StringIO) -> None:
         """An expired stored token is not adopted: the first step fetches."""

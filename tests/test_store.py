@@ -28,7 +28,7 @@ def umask_077() -> Iterator[None]:
 
 
 def record(
-    token: str = "TOKEN_A", *, name: str = "shop", expires_at: int = 2_000_000_000
+    token: str = "TOKEN_A", *, name: str = "shop", expires_at: int = 1_700_000_000
 ) -> Record:
     return Record(
         appid="wx0123456789abcdef",
@@ -124,8 +124,8 @@ class TestTokenStore:
             "name": "shop",
             "grant": "classic",
             "access_token": "TOKEN_A",
-            "expires_at": 2_000_000_000,
-            "fetched_at": 2_000_000_000 - 7200,
+            "expires_at": 1_700_000_000,
+            "fetched_at": 1_700_000_000 - 7200,
             "expired": False,
             "api_base": "https://api.weixin.qq.com",
             "refresh_started_at": None,

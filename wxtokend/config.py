@@ -71,6 +71,7 @@ MAX_CONFIG_DEPTH = 64  # lists and mappings inside one another
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _APPID = re.compile(r"[\x21-\x7e]{1,128}")
 _REDIS_URL = re.compile(r"^(redis|rediss|unix)://")
+_MIN_FLEET_KEY = 32  # characters of the fleet key: 128+ bits as hex, more as base64
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -255,6 +256,12 @@ class _FleetModel(BaseModel):
         None,
         description="A file holding that URL instead (keeps the Redis password out of the"
         " config, which consumers may read).",
+    )
+    key_file: str | None = Field(
+        None,
+        description="Required: a file holding the fleet key (one line, at least 32 visible ASCII"
+        " characters, e.g. from openssl rand -hex 32), the same on every member and follower;"
+        " it signs every record, so nobody without it can plant a token in the fleet.",
     )
     key_prefix: str = Field(
         "wxtokend", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every Redis key."
@@ -941,11 +948,12 @@ class _Resolver:
         fleet = self.model.fleet
         if fleet is None:
             return None
-        url = self._redis_url(fleet)
-        if url is None:
+        url, key = self._redis_url(fleet), self._fleet_key(fleet)
+        if url is None or key is None:
             return None
         return FleetSettings(
             redis_url=url,
+            key=key,
             key_prefix=fleet.key_prefix,
             lock_ttl=fleet.lock_ttl,
             role=fleet.role,
@@ -974,6 +982,40 @@ class _Resolver:
             )
             return None
         return url
+
+    def _fleet_key(self, fleet: _FleetModel) -> Secret | None:
+        """The fleet key; never echoed. Commands without secrets (get) do not read it."""
+        make_one = (
+            "create one key for the whole fleet (openssl rand -hex 32 > /etc/wxtokend/fleet.key;"
+            " chmod 600), give every member and follower the same file, and set"
+            " fleet.key_file to it"
+        )
+        if fleet.key_file is None:
+            self._fail(
+                "fleet.key_file",
+                "is missing: fleet records are signed, so that nobody who can write to Redis"
+                " without the key can plant a token every member adopts",
+                make_one + "; records of older, unsigned members are then never adopted",
+            )
+            return None
+        if not self.secrets:
+            return Secret("")
+        path = self.base / fleet.key_file
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            self._fail("fleet.key_file", f"{path}: cannot read: {reason}", make_one)
+            return None
+        if not re.fullmatch(rf"[\x21-\x7e]{{{_MIN_FLEET_KEY},}}", text):
+            self._fail(
+                "fleet.key_file",
+                f"{path} must hold one line of at least {_MIN_FLEET_KEY} visible ASCII"
+                f" characters (it holds {len(text)} characters)",
+                make_one,
+            )
+            return None
+        return Secret(text)
 
     def _retry(self) -> None:
         retry = self.model.retry

@@ -84,8 +84,9 @@ class Daemon:
         self._rng = rng or random.Random()
         self.fleet: Fleet | None = None
         if config.fleet is not None:
-            self.fleet = Fleet(config.fleet, clock_now=self.clock.now)
+            self.fleet = Fleet(config.fleet, clock_now=self.clock.now, metrics=self.metrics)
             REDACTOR.register("fleet:redis", config.fleet.redis_url, label="<redis url>")
+            REDACTOR.register("fleet:key", config.fleet.key.reveal(), label="<fleet key>")
             password = urlsplit(config.fleet.redis_url).password
             if password:  # redis-py decodes %xx: hide both spellings
                 REDACTOR.register("fleet:password", password, label="<redis password>")

@@ -4,7 +4,8 @@ One fetch per credential across the fleet, and the newest token always wins.
 Keys, for a credential ``c`` (``appid:grant`` for a token, ``appid:grant:jsapi``
 for a ticket) under the configured prefix ``p``:
 
-- ``p:rec:c``    the shared record, JSON ``{token, expires_at, fetched_at, version}``;
+- ``p:rec:c``    the shared record, JSON ``{credential, token, expires_at, fetched_at,
+                 version, sig}``, ``sig`` an HMAC-SHA256 with the fleet key over the rest;
 - ``p:ver:c``    a counter: a version is taken *before* a fetch, so a slower,
                  older fetch that finishes last still loses (WxJava #1222);
 - ``p:lock:c``   the fetch lock: ``SET NX PX`` with a unique owner, extended
@@ -14,22 +15,33 @@ for a ticket) under the configured prefix ``p``:
 
 Every write is a server-side compare-and-set: a record whose version is not
 higher than the stored one is refused, whatever order writes arrive in.
+
+Nothing read from Redis is trusted: a record is adopted only if its signature
+is right, it names the key it sits under and its token passes
+:func:`wxtokend.credential.check`. A pub/sub message is only a hint to re-read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-__all__ = ["Fleet", "FleetSettings", "RedisDown", "Shared"]
+from wxtokend.credential import InvalidCredential, check
+from wxtokend.logs import get_logger
+from wxtokend.metrics import Metrics
+from wxtokend.redact import Secret
+
+__all__ = ["Fleet", "FleetSettings", "RedisDown", "RejectedRecord", "Shared"]
 
 _CAS = """
 local current = redis.call('GET', KEYS[1])
@@ -76,6 +88,7 @@ class RedisDown(Exception):
 @dataclass(frozen=True, kw_only=True)
 class FleetSettings:
     redis_url: str
+    key: Secret  # the fleet key: signs every record (fleet.key_file)
     key_prefix: str = "wxtokend"
     lock_ttl: float = 15.0
     role: Literal["member", "follower"] = "member"
@@ -83,37 +96,93 @@ class FleetSettings:
     reconcile_interval: float = 30.0
 
 
+class RejectedRecord(Exception):
+    """A record in Redis that must not be adopted; the message says why, never its token."""
+
+
+_FIELDS = frozenset({"credential", "token", "expires_at", "fetched_at", "version", "sig"})
+_SIGNED_AS = "wxtokend-fleet-record-v1"  # domain separation: this HMAC signs nothing else
+
+
 @dataclass(frozen=True, kw_only=True)
 class Shared:
-    """The fleet's record of one credential."""
+    """The fleet's record of one credential, signed with the fleet key.
 
-    token: str
+    The signature covers every field, the credential (the Redis key it belongs
+    under) included, so a record moved to another key is refused too.
+    """
+
+    credential: str
+    token: str = field(repr=False)
     expires_at: float
     fetched_at: float
     version: int
 
-    def to_json(self) -> str:
+    def _signature(self, key: bytes) -> str:
+        fields = [_SIGNED_AS, self.credential, self.token, self.expires_at]
+        fields += [self.fetched_at, self.version]
+        canonical = json.dumps(fields, ensure_ascii=True, separators=(",", ":"))
+        return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+    def to_json(self, key: bytes) -> str:
         return json.dumps(
             {
+                "credential": self.credential,
                 "token": self.token,
                 "expires_at": self.expires_at,
                 "fetched_at": self.fetched_at,
                 "version": self.version,
+                "sig": self._signature(key),
             }
         )
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Shared | None:
+    def from_json(cls, raw: bytes | str, *, credential: str, key: bytes, now: float) -> Shared:
+        """The record stored under ``credential``; RejectedRecord unless it is signed with
+        ``key``, belongs to ``credential`` and holds a valid token (credential.check)."""
         try:
             data = json.loads(raw)
-            return cls(
-                token=str(data["token"]),
-                expires_at=float(data["expires_at"]),
-                fetched_at=float(data["fetched_at"]),
-                version=int(data["version"]),
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise RejectedRecord("not valid JSON") from None
+        if not isinstance(data, dict):
+            raise RejectedRecord("not a JSON object")
+        if "sig" not in data:
+            raise RejectedRecord(
+                "unsigned (written by a wxtokend without fleet.key_file, or forged)"
             )
-        except (ValueError, KeyError, TypeError):
-            return None
+        if set(data) != _FIELDS:
+            raise RejectedRecord(f"its fields are not {', '.join(sorted(_FIELDS))}")
+        record = cls._typed(data)
+        signature = data["sig"]
+        expected = record._signature(key)
+        if not isinstance(signature, str) or not hmac.compare_digest(
+            signature.encode(), expected.encode()
+        ):
+            raise RejectedRecord("its signature is wrong (not signed with this fleet's key)")
+        if not hmac.compare_digest(record.credential.encode(), credential.encode()):
+            raise RejectedRecord("it was signed for another credential and copied here")
+        try:
+            check(record.token, fetched_at=record.fetched_at, expires_at=record.expires_at, now=now)
+        except InvalidCredential as exc:
+            raise RejectedRecord(str(exc)) from None
+        return record
+
+    @classmethod
+    def _typed(cls, data: dict[str, Any]) -> Shared:
+        version, times = data["version"], (data["expires_at"], data["fetched_at"])
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise RejectedRecord("version is not a positive integer")
+        if any(isinstance(t, bool) or not isinstance(t, int | float) for t in times):
+            raise RejectedRecord("expires_at / fetched_at are not unix times")
+        if not isinstance(data["credential"], str) or not isinstance(data["token"], str):
+            raise RejectedRecord("credential / token are not strings")
+        return cls(
+            credential=data["credential"],
+            token=data["token"],
+            expires_at=float(data["expires_at"]),
+            fetched_at=float(data["fetched_at"]),
+            version=version,
+        )
 
 
 class Fleet:
@@ -125,9 +194,14 @@ class Fleet:
         *,
         clock_now: Callable[[], float],
         client: redis.Redis | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self._now = clock_now
+        self._key_bytes = settings.key.reveal().encode()
+        self._metrics = metrics or Metrics()
+        self._log = get_logger()
+        self._rejected: dict[str, bytes] = {}  # the last record refused per key, logged once
         self._redis = client or redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
@@ -165,8 +239,39 @@ class Fleet:
     # -- records -------------------------------------------------------------
 
     async def read(self, credential: str) -> Shared | None:
-        raw = await self._call(self._redis.get(self._key("rec", credential)))
-        return Shared.from_json(raw) if raw is not None else None
+        """The record under ``credential``; None if there is none or it was rejected.
+
+        A rejected record is treated as absent: never adopted, never written to a
+        file; the caller goes on with its current token (and fetches if it may).
+        """
+        key = self._key("rec", credential)
+        raw = await self._call(self._redis.get(key))
+        if raw is None:
+            return None
+        try:
+            record = Shared.from_json(
+                raw, credential=credential, key=self._key_bytes, now=self._now()
+            )
+        except RejectedRecord as exc:
+            self._reject(key, raw, str(exc))
+            return None
+        self._rejected.pop(key, None)
+        return record
+
+    def _reject(self, key: str, raw: bytes, reason: str) -> None:
+        """Log and count a refused record once, however often it is read again."""
+        digest = hashlib.sha256(raw).digest()
+        if self._rejected.get(key) == digest:
+            return
+        self._rejected[key] = digest
+        self._metrics.rejected("fleet")
+        self._log.error(
+            "fleet record rejected: not adopted, the current token stays",
+            key=key,
+            reason=reason,
+            fix="only fleet members hold fleet.key_file and may write under the key prefix:"
+            " find who wrote this key (see README, Security model); the next refresh replaces it",
+        )
 
     async def next_version(self, credential: str) -> int:
         keys = [self._key("ver", credential), self._key("rec", credential)]
@@ -176,7 +281,12 @@ class Fleet:
         """Compare-and-set: stored only if its version beats the stored one; then published."""
         keep_ms = int(max(1.0, record.expires_at - self._now() + _KEEP_RECORD) * 1000)
         keys = [self._key("rec", credential), self.channel]
-        args: list[str | int] = [record.to_json(), record.version, keep_ms, credential]
+        args: list[str | int] = [
+            record.to_json(self._key_bytes),
+            record.version,
+            keep_ms,
+            credential,
+        ]
         return bool(await self._call(self._cas(keys=keys, args=args)))
 
     # -- the fetch lock ------------------------------------------------------

@@ -92,6 +92,13 @@ class Metrics:
             "wxtokend_apps_ready", "Apps whose token on disk is valid right now.", registry=r
         )
         self._apps = Gauge("wxtokend_apps", "Apps configured.", registry=r)
+        self._rejected = Counter(
+            "wxtokend_rejected_records",
+            "Tokens or tickets refused where they entered, by source: fleet (a record in Redis"
+            " unsigned, wrongly signed, for another key or invalid), state_file.",
+            ["source"],
+            registry=r,
+        )
         self._fleet_up = Gauge(
             "wxtokend_fleet_redis_up", "1 while the fleet's Redis answers, else 0.", registry=r
         )
@@ -130,6 +137,9 @@ class Metrics:
 
     def passive(self, app: str, result: str) -> None:
         self._passive.labels(app, result).inc()
+
+    def rejected(self, source: str) -> None:
+        self._rejected.labels(source).inc()
 
     def apps(self, *, configured: int, ready: int) -> None:
         self._apps.set(configured)

@@ -345,8 +345,9 @@ class Refresher:
         ``refetch``: serve it, but fetch a new one at once (a reload changed the secret).
         """
         try:
-            record = self._store.load(self.app.name, self.kind)
+            record = self._store.load(self.app.name, self.kind, now=self._clock.now())
         except StateFileError as exc:
+            self._metrics.rejected("state_file")
             self._log.warning("state file ignored", reason=str(exc), fix="it will be replaced")
             return False
         if record is None:
@@ -517,6 +518,7 @@ class Refresher:
         await self._mark_refreshing()
         token = await self._upstream(force=force)
         record = Shared(
+            credential=key,
             token=token.access_token,
             expires_at=token.expires_at,
             fetched_at=token.fetched_at,
@@ -566,14 +568,21 @@ class Refresher:
                 self._fleet_held = False
 
     def _is_newer(self, shared: Shared | None, stale: str | None) -> bool:
-        """A shared record worth taking instead of fetching: another, valid, newer token."""
+        """A shared record worth taking instead of fetching: another, valid, newer token.
+
+        ``shared`` has passed Fleet.read's checks (signature, key, credential.check).
+        """
         if shared is None or shared.expires_at <= self._clock.now() + 1:
             return False
-        if stale is not None and hmac.compare_digest(shared.token.encode(), stale.encode()):
-            return False
-        if self._fleet_version is not None:  # versions, not clocks of different hosts
-            return shared.version > self._fleet_version
         current = self.record
+        for known in (stale, current.access_token if current else None):
+            if known is not None and hmac.compare_digest(shared.token.encode(), known.encode()):
+                return False
+        if self._fleet_version is not None and shared.version > self._fleet_version:
+            return True  # versions, not clocks of different hosts
+        # No version followed yet, or a version not above ours with another token: Redis
+        # lost its state (FLUSHALL, a restart without persistence) and counting restarted.
+        # Only then do fetch times decide, and never backwards.
         return current is None or shared.fetched_at >= current.fetched_at
 
     async def follow_fleet(self) -> bool:
@@ -1189,5 +1198,5 @@ async def _in_thread(work: Callable[[Record], object], record: Record) -> None:
 
 def _token_of(shared: Shared) -> Token:
     """A fleet record as if just fetched: same token, its own fetch time and expiry."""
-    lifetime = max(1, int(shared.expires_at - shared.fetched_at))
+    lifetime = max(1, round(shared.expires_at - shared.fetched_at))  # 1 s to a day: checked
     return Token(access_token=shared.token, expires_in=lifetime, fetched_at=shared.fetched_at)

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from wxtokend.credential import InvalidCredential, check
 from wxtokend.guard import BadBody, json_object
 from wxtokend.ratelimit import FailureLimiter
 
@@ -138,7 +139,7 @@ def sdk_routes(daemon: Daemon) -> list[Route]:
             return _error(40001, "invalid credential")
         refresher, now = matches[0], daemon.clock.now()
         record = refresher.record
-        if record is None or not refresher.has_valid_token() or record.expires_at - now < 1:
+        if record is None or not _servable(refresher, now):
             return _error(-1, "system busy: wxtokend has no valid token for this application yet")
         return JSONResponse(
             {
@@ -178,11 +179,26 @@ async def _answer(
     if force:
         await _debounced_refresh(refresher, window=daemon.config.admin.passive_min_interval)
     record, now = refresher.record, daemon.clock.now()
-    if record is None or not refresher.has_valid_token() or record.expires_at - now < 1:
+    if record is None or not _servable(refresher, now):
         return _error(-1, "system error: wxtokend has no valid token for this appid yet")
     return JSONResponse(
         {"access_token": record.access_token, "expires_in": _lifetime(refresher, now)}
     )
+
+
+def _servable(refresher: Refresher, now: float) -> bool:
+    """A token an SDK may be handed: valid for a second more, and passing the one check
+    every token passes where it enters (so a bug upstream can never reach an SDK)."""
+    record = refresher.record
+    if record is None or not refresher.has_valid_token() or record.expires_at - now < 1:
+        return False
+    try:
+        check(
+            record.access_token, fetched_at=record.fetched_at, expires_at=record.expires_at, now=now
+        )
+    except InvalidCredential:
+        return False
+    return True
 
 
 def _lifetime(refresher: Refresher, now: float) -> int:

@@ -30,13 +30,15 @@ import os
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from wxtokend.config import OUTPUT_DIR_MODE, Grant
+from wxtokend.credential import InvalidCredential, check
 from wxtokend.errors import OutputDirError, StateFileError
-from wxtokend.wechat import MAX_TOKEN_LENGTH, Token, is_valid_token
+from wxtokend.wechat import Token
 
 __all__ = [
     "TICKET_KINDS",
@@ -127,7 +129,11 @@ class Record:
         return (json.dumps(data, ensure_ascii=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, data: bytes, kind: str = TOKEN) -> Record:
+    def from_json(cls, data: bytes, kind: str = TOKEN, *, now: float | None = None) -> Record:
+        """The record in a JSON state file; StateFileError if any field is unusable.
+
+        ``now`` (default: the system clock) bounds how far in the future its times may lie.
+        """
         try:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError):
@@ -136,8 +142,6 @@ class Record:
             raise StateFileError("not a JSON object")
         key = "access_token" if kind == TOKEN else "ticket"
         token = raw.get(key)
-        if not isinstance(token, str) or not is_valid_token(token):
-            raise StateFileError(f"{key} is not 1-{MAX_TOKEN_LENGTH} visible ASCII chars")
         if kind != TOKEN and raw.get("type") != kind:
             raise StateFileError(f"it holds a {raw.get('type')!r} ticket, not {kind!r}")
         for name in ("appid", "name"):
@@ -148,6 +152,10 @@ class Record:
         times = [raw.get("expires_at"), raw.get("fetched_at")]
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
             raise StateFileError("expires_at / fetched_at are not unix seconds")
+        try:
+            check(token, fetched_at=times[1], expires_at=times[0], now=_now(now))
+        except InvalidCredential as exc:
+            raise StateFileError(f"{key}: {exc}") from None
         started = raw.get("refresh_started_at")
         if started is not None and (isinstance(started, bool) or not isinstance(started, int)):
             raise StateFileError("refresh_started_at is not unix seconds")
@@ -155,7 +163,7 @@ class Record:
             appid=raw["appid"],
             name=raw["name"],
             grant=raw["grant"],
-            access_token=token,
+            access_token=str(token),
             expires_at=raw["expires_at"],
             fetched_at=raw["fetched_at"],
             expired=raw.get("expired") is True,
@@ -163,6 +171,10 @@ class Record:
             refresh_started_at=started,
             kind=kind,
         )
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
 
 
 def file_name(name: str, kind: str = TOKEN) -> str:
@@ -331,7 +343,7 @@ class TokenStore:
                 os.fsync(fd)
         return wrote_json or wrote_token
 
-    def load(self, name: str, kind: str = TOKEN) -> Record | None:
+    def load(self, name: str, kind: str = TOKEN, *, now: float | None = None) -> Record | None:
         """The record in ``<name>.json``; None if there is none; StateFileError if unusable."""
         _, json_path = self.paths(file_name(name, kind))
         try:
@@ -341,7 +353,7 @@ class TokenStore:
             return None
         except OSError as exc:
             raise StateFileError(f"cannot read: {exc.strerror}") from None
-        return Record.from_json(data, kind)
+        return Record.from_json(data, kind, now=now)
 
     def records(self) -> list[Record]:
         """Every record in the directory that is our own: ``<name>[.<kind>_ticket].json``

@@ -20,6 +20,7 @@ import httpx
 from wxtokend import __version__
 from wxtokend.clock import Clock, SystemClock
 from wxtokend.config import AppConfig, Ticket
+from wxtokend.credential import MAX_TOKEN_LENGTH, InvalidCredential, check, is_valid_token
 from wxtokend.errors import (
     AdminWaitError,
     DailyQuotaError,
@@ -52,11 +53,6 @@ __all__ = [
     "parse_token",
 ]
 
-MAX_TOKEN_LENGTH: Final = 512
-# WeChat says "within 7200 s"; a lifetime beyond a day is a broken reply, and
-# trusting it would park the refresh loop for years.
-MAX_EXPIRES_IN: Final = 86400
-_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _WHITELIST_IP = re.compile(r"invalid ip ([0-9a-fA-F.:]+)")
 _CONSOLE = "mp.weixin.qq.com"
 _NETWORK_FIX = "if it persists, check that this host reaches api_base (and proxy, if set)"
@@ -241,11 +237,6 @@ def error_for(errcode: int, errmsg: str, app: AppConfig) -> FetchError:
     return row.kind(message, errcode=errcode, fix=fix, retry=row.retry)
 
 
-def is_valid_token(token: str) -> bool:
-    """1-512 visible ASCII characters: what a consumer can safely ``cat`` and send."""
-    return len(token) <= MAX_TOKEN_LENGTH and bool(_VISIBLE_ASCII.fullmatch(token))
-
-
 def parse_token(body: Any, *, fetched_at: float) -> Token:
     """Accept only a non-empty visible-ASCII token ≤ 512 chars with a lifetime of 1 s to a day."""
     if not isinstance(body, dict):
@@ -253,12 +244,12 @@ def parse_token(body: Any, *, fetched_at: float) -> Token:
     token, expires_in = body.get("access_token"), body.get("expires_in")
     if not isinstance(token, str) or not token:
         raise MalformedResponse("reply has no access_token")
-    if not is_valid_token(token):
-        raise MalformedResponse("access_token is not 1-512 visible ASCII characters")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
         raise MalformedResponse("expires_in is not a positive integer")
-    if expires_in > MAX_EXPIRES_IN:
-        raise MalformedResponse(f"expires_in {expires_in} is longer than a day")
+    try:
+        check(token, fetched_at=fetched_at, expires_at=fetched_at + expires_in, now=fetched_at)
+    except InvalidCredential as exc:
+        raise MalformedResponse(f"reply refused: {exc}") from None
     return Token(access_token=token, expires_in=expires_in, fetched_at=fetched_at)
 
 
