@@ -1313,7 +1313,8 @@ class TestLinesOfAbsentKeys:
 
     def test_fleet_without_redis(self, tmp_path: Path) -> None:
         """A fleet section with neither redis nor redis_file is reported at fleet's line."""
-        path = write_config(tmp_path, f"{MINIMAL}fleet:\n  role: follower\n")
+        (tmp_path / "fleet.key").write_text(FLEET_KEY)
+        path = write_config(tmp_path, f"{MINIMAL}fleet:\n  role: follower\n  key_file: fleet.key\n")
         (problem,) = problems_of(path)
         assert problem.startswith(f"{path}:4: fleet: needs exactly one of redis or redis_file")
 
@@ -1374,12 +1375,13 @@ class TestAllProblemsAtOnce:
 
     def test_settings_and_group_and_fleet_beside_a_broken_app(self, tmp_path: Path) -> None:
         """A broken app does not hide a bad file_group, a bad retry or an unreadable redis_file."""
+        (tmp_path / "fleet.key").write_text(FLEET_KEY)
         path = write_config(
             tmp_path,
             yaml_text("""
                 file_group: no-such-group-wxtokend
                 retry: {min: 5s, max: 2s}
-                fleet: {redis_file: missing.url}
+                fleet: {redis_file: missing.url, key_file: fleet.key}
                 request_timeout: forever
                 apps:
                   - [not, an, app]

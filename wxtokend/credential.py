@@ -32,7 +32,15 @@ _ROUNDING = 1e-3  # fetched_at + expires_in - fetched_at is not exact in floats
 
 
 class InvalidCredential(ValueError):
-    """Why a token or ticket was refused: names the field, never the value."""
+    """Why a token or ticket was refused: names the field, never the value.
+
+    ``field`` is which part failed (``token``, ``lifetime``, ``fetched_at`` or
+    ``expires_at``), so a caller can name it as its own source spells it.
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 def is_valid_token(token: object) -> bool:
@@ -52,18 +60,23 @@ def check(token: object, *, fetched_at: object, expires_at: object, now: float) 
     (so the expiry is never far in the future either).
     """
     if not is_valid_token(token):
-        raise InvalidCredential(f"the token is not 1-{MAX_TOKEN_LENGTH} visible ASCII characters")
+        raise InvalidCredential(
+            f"the token is not 1-{MAX_TOKEN_LENGTH} visible ASCII characters", field="token"
+        )
     fetched, expires = _unix_time("fetched_at", fetched_at), _unix_time("expires_at", expires_at)
     lifetime = expires - fetched
     if not 1 - _ROUNDING <= lifetime <= MAX_LIFETIME + _ROUNDING:
         raise InvalidCredential(
-            f"its lifetime (expires_at - fetched_at) of {lifetime:.0f} s is not 1 s to a day"
+            f"its lifetime (expires_at - fetched_at) of {lifetime:.0f} s is not 1 s to a day",
+            field="lifetime",
         )
     if fetched > now + FUTURE_SKEW:
-        raise InvalidCredential(f"fetched_at lies {fetched - now:.0f} s in the future")
+        raise InvalidCredential(
+            f"fetched_at lies {fetched - now:.0f} s in the future", field="fetched_at"
+        )
 
 
 def _unix_time(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidCredential(f"{name} is not a unix time")
+        raise InvalidCredential(f"{name} is not a unix time", field=name)
     return float(value)

@@ -360,7 +360,7 @@ class Daemon:
         belongs to another appid, whose consumers must never get this account's token).
         """
         try:
-            records = self.store.records()
+            records = self.store.records(now=self.clock.now())
         except OSError as exc:
             self._log.warning("cannot list output_dir for leftover files", error=exc.strerror)
             return
@@ -397,7 +397,7 @@ class Daemon:
                 if self._keeps(*key):
                     return
                 try:
-                    current = self.store.load(*key)
+                    current = self.store.load(*key, now=self.clock.now())
                 except StateFileError:
                     return  # not our record any more: never touch it
                 if current is None:

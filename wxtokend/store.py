@@ -355,9 +355,10 @@ class TokenStore:
             raise StateFileError(f"cannot read: {exc.strerror}") from None
         return Record.from_json(data, kind, now=now)
 
-    def records(self) -> list[Record]:
+    def records(self, *, now: float | None = None) -> list[Record]:
         """Every record in the directory that is our own: ``<name>[.<kind>_ticket].json``
-        parsing as a record of that name and kind. Anything else is never touched."""
+        parsing as a record of that name and kind (checked against ``now``, the caller's
+        clock). Anything else is never touched."""
         found = []
         for entry in os.scandir(self.directory):
             stem = entry.name.removesuffix(".json")
@@ -370,7 +371,7 @@ class TokenStore:
             if file_name(name, kind) != stem:
                 continue
             with contextlib.suppress(StateFileError):
-                record = self.load(name, kind)
+                record = self.load(name, kind, now=now)
                 if record is not None and record.name == name:
                     found.append(record)
         return found

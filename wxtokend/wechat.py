@@ -249,7 +249,9 @@ def parse_token(body: Any, *, fetched_at: float) -> Token:
     try:
         check(token, fetched_at=fetched_at, expires_at=fetched_at + expires_in, now=fetched_at)
     except InvalidCredential as exc:
-        raise MalformedResponse(f"reply refused: {exc}") from None
+        # Named as WeChat spells them: the operator compares this with the reply.
+        wire = {"token": "access_token", "lifetime": "expires_in"}.get(exc.field, exc.field)
+        raise MalformedResponse(f"reply refused: {wire}: {exc}") from None
     return Token(access_token=token, expires_in=expires_in, fetched_at=fetched_at)
 
 
