@@ -10,6 +10,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from wxtokend.emulator.config import EmulatorConfig, Faults, Owner, owner_of
 from wxtokend.emulator.faults import Fault, roll
@@ -17,7 +18,12 @@ from wxtokend.emulator.replies import Reply
 from wxtokend.emulator.tickets import TicketBook
 from wxtokend.emulator.tokens import Token, TokenBook, TokenKind
 
-__all__ = ["COUNTERS", "Core", "Usage"]
+__all__ = ["COUNTERS", "Core", "Endpoint", "Usage"]
+
+# The endpoints whose calls are counted and may be hijacked by a fault.
+Endpoint = Literal[
+    "token", "stable_token", "gettoken", "getticket", "get_jsapi_ticket", "ticket_get"
+]
 
 # Every counter is reported for every app, so consumers can index without .get().
 COUNTERS = (
@@ -107,7 +113,7 @@ class Core:
         return self._default_faults
 
     def admit(
-        self, endpoint: str, appid: str, *, force: bool = False, secret: str = ""
+        self, endpoint: Endpoint, appid: str, *, force: bool = False, secret: str = ""
     ) -> Fault | None:
         """Count a call of a token or ticket endpoint and decide whether a fault hijacks it."""
         self.count(appid, endpoint)

@@ -92,10 +92,8 @@ def garbage_body(rng: random.Random) -> bytes:
     return b'{"access_token":"' + secrets.token_urlsafe(24).encode()
 
 
-async def hijack(fault: Fault | None, faults: Faults, rng: random.Random) -> Response | None:
+async def hijack(fault: Fault, faults: Faults, rng: random.Random) -> Response | None:
     """The response ``fault`` replaces the real answer with; None to answer normally."""
-    if fault is None:
-        return None
     if fault is Fault.HTTP_5XX:
         return HTMLResponse(_BAD_GATEWAY, status_code=502)
     if fault is Fault.BUSY:

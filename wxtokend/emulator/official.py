@@ -10,7 +10,7 @@ import secrets
 
 from wxtokend.emulator.config import EmulatedApp, Grant, require
 from wxtokend.emulator.core import Core, Usage
-from wxtokend.emulator.replies import Reply, error, minute_quota_error, rid
+from wxtokend.emulator.replies import NOT_LATEST, Reply, error, minute_quota_error, rid
 from wxtokend.emulator.tokens import TOKEN_KINDS, Slot, Token, TokenKind
 
 __all__ = ["Official"]
@@ -152,7 +152,7 @@ class Official:
         if not secrets.compare_digest(secret.encode(), expected.encode()):
             # The stable endpoint really answers a wrong secret with 40001.
             if stable:
-                return error(40001, "invalid credential, access_token is invalid or not latest")
+                return error(40001, NOT_LATEST)
             return error(40125, "invalid appsecret")
         if self._whitelist and client_ip not in self._whitelist:
             return error(

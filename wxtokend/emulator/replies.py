@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["Reply", "error", "minute_quota_error", "rid"]
+__all__ = ["NOT_LATEST", "Reply", "error", "minute_quota_error", "rid"]
 
 Reply = dict[str, object]
+NOT_LATEST = "invalid credential, access_token is invalid or not latest"
 
 
 def error(errcode: int, errmsg: str) -> Reply:

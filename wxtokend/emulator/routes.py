@@ -1,7 +1,7 @@
 """The HTTP side: WeChat's endpoints and the control endpoints on one Starlette app.
 
-Handlers read the request, let a fault hijack the call, and hand the rest to the product part
-of the state (official, WeCom).
+Handlers read the request, let a fault hijack the call, and hand the rest straight to the
+product part of the state (official, WeCom): no facade call on the request path.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from starlette.routing import Route
 from wxtokend.asgi import base_url, serve, tcp_listener
 from wxtokend.emulator.config import EmulatorConfig
 from wxtokend.emulator.control import control_routes, parse_object
+from wxtokend.emulator.core import Endpoint
 from wxtokend.emulator.faults import held, hijack
 from wxtokend.emulator.replies import error
 from wxtokend.emulator.state import WeChatState
@@ -91,12 +92,12 @@ class Emulator:
         query = request.query_params
         appid = query.get("appid", "")
         if request.method != "GET":
-            self.state.count(appid, "token")
+            self.state.core.count(appid, "token")
             return JSONResponse(error(43002, "require GET method"))
         hijacked = await self._inject_fault("token", appid, force=False)
         if hijacked is not None:
             return hijacked
-        reply = self.state.classic_token(
+        reply = self.state.official.classic_token(
             grant_type=query.get("grant_type", ""),
             appid=appid,
             secret=query.get("secret", ""),
@@ -106,7 +107,7 @@ class Emulator:
 
     async def _stable_token(self, request: Request) -> Response:
         if request.method != "POST":
-            self.state.count(request.query_params.get("appid", ""), "stable_token")
+            self.state.core.count(request.query_params.get("appid", ""), "stable_token")
             return JSONResponse(error(43002, "require POST method"))
         body = parse_object(await request.body())
         fields = body if body is not None else {}
@@ -117,7 +118,7 @@ class Emulator:
             return hijacked
         if body is None:
             return JSONResponse(error(47001, "data format error"))
-        reply = self.state.stable_token(
+        reply = self.state.official.stable_token(
             grant_type=_text_field(body, "grant_type"),
             appid=appid,
             secret=_text_field(body, "secret"),
@@ -132,7 +133,7 @@ class Emulator:
         hijacked = await self._inject_fault("gettoken", corpid, secret=corpsecret)
         if hijacked is not None:
             return hijacked
-        reply = self.state.wecom_token(
+        reply = self.state.wecom.gettoken(
             corpid=corpid, corpsecret=corpsecret, client_ip=_client_ip(request)
         )
         return JSONResponse(reply)
@@ -144,7 +145,7 @@ class Emulator:
             return hijacked
         ticket_type = request.query_params.get("type", "")
         return JSONResponse(
-            self.state.getticket(access_token=access_token, ticket_type=ticket_type)
+            self.state.official.getticket(access_token=access_token, ticket_type=ticket_type)
         )
 
     async def _get_jsapi_ticket(self, request: Request) -> Response:
@@ -152,7 +153,7 @@ class Emulator:
         hijacked = await self._inject_ticket_fault("get_jsapi_ticket", access_token)
         if hijacked is not None:
             return hijacked
-        reply = self.state.wecom_jsapi_ticket(
+        reply = self.state.wecom.jsapi_ticket(
             access_token=access_token, client_ip=_client_ip(request)
         )
         return JSONResponse(reply)
@@ -162,30 +163,31 @@ class Emulator:
         hijacked = await self._inject_ticket_fault("ticket_get", access_token)
         if hijacked is not None:
             return hijacked
-        reply = self.state.wecom_ticket(
+        reply = self.state.wecom.ticket(
             access_token=access_token,
             ticket_type=request.query_params.get("type", ""),
             client_ip=_client_ip(request),
         )
         return JSONResponse(reply)
 
-    async def _inject_ticket_fault(self, endpoint: str, access_token: str) -> Response | None:
+    async def _inject_ticket_fault(self, endpoint: Endpoint, access_token: str) -> Response | None:
         # A ticket call names its app only through the token: its owner's faults apply.
-        appid, secret = self.state.token_owner(access_token)
+        appid, secret = self.state.core.tokens.owner_of(access_token)
         return await self._inject_fault(endpoint, appid, secret=secret)
 
     async def _inject_fault(
-        self, endpoint: str, appid: str, *, force: bool = False, secret: str = ""
+        self, endpoint: Endpoint, appid: str, *, force: bool = False, secret: str = ""
     ) -> Response | None:
         """The response a fault replaces the real answer with; None to answer normally."""
-        state = self.state
-        fault = state.admit(endpoint, appid, force=force, secret=secret)
+        core = self.state.core
+        fault = core.admit(endpoint, appid, force=force, secret=secret)
         if fault is None:
             return None
-        return await hijack(fault, state.faults_for(appid, secret), state.core.rng)
+        return await hijack(fault, core.faults_for(appid, secret), core.rng)
 
     async def _getcallbackip(self, request: Request) -> Response:
-        return JSONResponse(self.state.check_token(request.query_params.get("access_token", "")))
+        access_token = request.query_params.get("access_token", "")
+        return JSONResponse(self.state.official.check_token(access_token))
 
 
 async def _bind(host: str, port: int) -> socket.socket:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from wxtokend.emulator.config import EmulatorConfig, Faults, Grant
-from wxtokend.emulator.core import Core
+from wxtokend.emulator.core import Core, Endpoint
 from wxtokend.emulator.faults import Fault, garbage_body
 from wxtokend.emulator.official import Official
 from wxtokend.emulator.replies import Reply
@@ -93,7 +93,7 @@ class WeChatState:
         self.core.count(appid, counter)
 
     def admit(
-        self, endpoint: str, appid: str, *, force: bool = False, secret: str = ""
+        self, endpoint: Endpoint, appid: str, *, force: bool = False, secret: str = ""
     ) -> Fault | None:
         """Count a call of a token or ticket endpoint and decide whether a fault hijacks it.
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from wxtokend.emulator.config import Owner
+from wxtokend.emulator.replies import NOT_LATEST
 
 __all__ = ["TOKEN_KINDS", "Slot", "Token", "TokenBook", "TokenKind"]
 
 # Token families: classic and stable (Official Account, Mini Program...), and WeCom.
 TokenKind = Literal["classic", "stable", "wecom"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("classic", "stable", "wecom")
-_NOT_LATEST = "invalid credential, access_token is invalid or not latest"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -125,4 +125,4 @@ class TokenBook:
             return 41001, "access_token missing"
         if status == "expired":
             return 42001, "access_token expired"
-        return 40001, _NOT_LATEST
+        return 40001, NOT_LATEST
