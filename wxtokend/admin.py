@@ -27,7 +27,7 @@ from wxtokend.refresher import AppStatus, Passive
 from wxtokend.sdk import sdk_routes
 
 if TYPE_CHECKING:
-    from wxtokend.daemon import Daemon
+    from wxtokend.service import Service
 
 __all__ = [
     "SigningError",
@@ -75,11 +75,11 @@ _SDK_BODY_LIMIT = 4 * 1024
 _PROBE_PATHS = "/healthz, /readyz, /metrics"
 
 
-def probe_app(daemon: Daemon) -> Starlette:
+def probe_app(daemon: Service) -> Starlette:
     return _hardened(_probe_routes(daemon), f"this listener serves only {_PROBE_PATHS}")
 
 
-def admin_app(daemon: Daemon) -> Starlette:
+def admin_app(daemon: Service) -> Starlette:
     routes = [*_probe_routes(daemon), *_api_routes(daemon), *sdk_routes(daemon)]
     return _hardened(routes, f"use {_PROBE_PATHS}, /v1/apps or the SDK's /cgi-bin/ paths")
 
@@ -111,7 +111,7 @@ def _quoted(text: str, limit: int = 64) -> str:
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
-def _probe_routes(daemon: Daemon) -> list[Route]:
+def _probe_routes(daemon: Service) -> list[Route]:
     async def healthz(_: Request) -> Response:
         problems = daemon.health()
         if problems:
@@ -140,7 +140,7 @@ def _probe_routes(daemon: Daemon) -> list[Route]:
     ]
 
 
-def _api_routes(daemon: Daemon) -> list[Route]:
+def _api_routes(daemon: Service) -> list[Route]:
     async def apps(_: Request) -> Response:
         now = daemon.clock.now()
         return JSONResponse({"apps": [_describe_app(daemon, n, now) for n in daemon.refreshers]})
@@ -194,7 +194,7 @@ def _api_routes(daemon: Daemon) -> list[Route]:
     ]
 
 
-def _describe_app(daemon: Daemon, name: str, now: float) -> dict[str, Any]:
+def _describe_app(daemon: Service, name: str, now: float) -> dict[str, Any]:
     data = describe(daemon.refreshers[name].status(), now)
     tickets = daemon.tickets.get(name, {})
     if tickets:
@@ -210,7 +210,7 @@ class SigningError(Exception):
         super().__init__(message)
 
 
-def sign_page(daemon: Daemon, name: str, url: str, *, agent: bool = False) -> dict[str, object]:
+def sign_page(daemon: Service, name: str, url: str, *, agent: bool = False) -> dict[str, object]:
     """wx.config (or, for WeCom with ``agent``, wx.agentConfig) fields for ``url``."""
     app = daemon.refreshers[name].app
     kind = signing_ticket(app, agent=agent, flag='"agent": true')
@@ -285,6 +285,6 @@ async def _read_report(request: Request) -> tuple[str | None, str | None] | Resp
     return JSONResponse({"error": usage}, status_code=400)
 
 
-def _unknown_app(daemon: Daemon, name: str) -> Response:
+def _unknown_app(daemon: Service, name: str) -> Response:
     known = sorted(daemon.refreshers)[:20]
     return JSONResponse({"error": f"no app named {_quoted(name)}", "apps": known}, status_code=404)

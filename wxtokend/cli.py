@@ -18,7 +18,6 @@ from pathlib import Path
 from wxtokend import __version__, emulator, logs
 from wxtokend.admin import SigningError, signed_fields, signing_ticket
 from wxtokend.config import Config, json_schema, load_config
-from wxtokend.daemon import run_daemon
 from wxtokend.errors import (
     ConfigError,
     FetchError,
@@ -28,6 +27,7 @@ from wxtokend.errors import (
     WxTokendError,
 )
 from wxtokend.redact import fingerprint
+from wxtokend.serve import run_daemon
 from wxtokend.store import Record, TokenStore, check_directory
 from wxtokend.wechat import Token, WeChatClient
 

@@ -19,6 +19,7 @@ from wxtokend.config import Config, load_config
 from wxtokend.daemon import Daemon
 from wxtokend.emulator import EmulatedApp, Emulator, EmulatorConfig
 from wxtokend.errors import WxTokendError
+from wxtokend.serve import serve
 from wxtokend.store import atomic_write
 
 __all__ = ["DemoDirectoryError", "run_demo"]
@@ -131,7 +132,7 @@ async def _serve(config: Config, emulator: Emulator, sock: socket.socket) -> int
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await Daemon(config).run(stop)
+        await serve(Daemon(config), stop)
     finally:
         emulator_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -30,8 +30,7 @@ from wxtokend.guard import BadBody, json_object
 from wxtokend.ratelimit import FailureLimiter
 
 if TYPE_CHECKING:
-    from wxtokend.daemon import Daemon
-    from wxtokend.refresher import Refresher
+    from wxtokend.service import Loop, Service
 
 __all__ = ["FAILURES_PER_MINUTE", "sdk_routes"]
 
@@ -74,7 +73,7 @@ def _client(request: Request) -> str:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _limited(daemon: Daemon, limiter: FailureLimiter, handler: Handler) -> Handler:
+def _limited(daemon: Service, limiter: FailureLimiter, handler: Handler) -> Handler:
     """``handler`` refusing a client with too many recent wrong credentials, counting new ones."""
 
     async def limited(request: Request) -> Response:
@@ -95,7 +94,7 @@ def _limited(daemon: Daemon, limiter: FailureLimiter, handler: Handler) -> Handl
     return limited
 
 
-def sdk_routes(daemon: Daemon) -> list[Route]:
+def sdk_routes(daemon: Service) -> list[Route]:
     limiter = FailureLimiter(limit=FAILURES_PER_MINUTE, window=60.0)
 
     async def token(request: Request) -> Response:
@@ -162,7 +161,7 @@ def sdk_routes(daemon: Daemon) -> list[Route]:
 
 
 async def _answer(
-    daemon: Daemon, grant_type: str, appid: str, secret: str, *, force: bool
+    daemon: Service, grant_type: str, appid: str, secret: str, *, force: bool
 ) -> Response:
     if grant_type != "client_credential":
         return _error(40002, "invalid grant_type")
@@ -186,7 +185,7 @@ async def _answer(
     )
 
 
-def _servable(refresher: Refresher, now: float) -> bool:
+def _servable(refresher: Loop, now: float) -> bool:
     """A token an SDK may be handed: valid for a second more, and passing the one check
     every token passes where it enters (so a bug upstream can never reach an SDK)."""
     record = refresher.record
@@ -201,7 +200,7 @@ def _servable(refresher: Refresher, now: float) -> bool:
     return True
 
 
-def _lifetime(refresher: Refresher, now: float) -> int:
+def _lifetime(refresher: Loop, now: float) -> int:
     """The expires_in to hand out: how long an SDK may cache this token.
 
     Stable tokens live to their own expiry. A classic token dies ~300 s after
@@ -216,7 +215,7 @@ def _lifetime(refresher: Refresher, now: float) -> int:
     return max(1, int(remaining))
 
 
-async def _debounced_refresh(refresher: Refresher, *, window: float) -> None:
+async def _debounced_refresh(refresher: Loop, *, window: float) -> None:
     """force_refresh from an SDK: a compare-and-refresh of the current token.
 
     An SDK cannot say which token it saw rejected, so: a token younger than

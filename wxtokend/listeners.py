@@ -1,0 +1,68 @@
+"""The admin and probe listeners: bound before the daemon starts, served while it runs.
+
+Binding first makes a taken port fail the start with a clear line, before any
+token is fetched. The apps are :mod:`wxtokend.admin`'s, over the daemon's
+narrow :class:`~wxtokend.service.Service` interface.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+
+from wxtokend import asgi
+from wxtokend.admin import admin_app, probe_app
+from wxtokend.errors import ListenError
+from wxtokend.logs import get_logger
+
+if TYPE_CHECKING:
+    from wxtokend.service import Service
+
+__all__ = ["Bound", "bind_listeners"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A bound socket and the app to serve on it."""
+
+    sock: socket.socket
+    app: Starlette
+
+    @property
+    def url(self) -> str:
+        return asgi.base_url(self.sock)
+
+    async def serve(self) -> None:
+        await asgi.serve(self.app, [self.sock])
+
+
+def bind_listeners(daemon: Service) -> list[Bound]:
+    """Bind before anything starts, so a taken port fails the start with a clear line."""
+    admin = daemon.config.admin
+    wanted = [
+        (admin.listen, "listen", admin_app),
+        (admin.probe_listen, "probe_listen", probe_app),
+    ]
+    bound: list[Bound] = []
+    for listen, key, make_app in wanted:
+        if listen is None:
+            continue
+        try:
+            bound.append(Bound(asgi.bind(listen), make_app(daemon)))
+        except OSError as exc:
+            for listener in bound:
+                listener.sock.close()
+            raise ListenError(
+                f"admin.{key} {listen}: {exc.strerror} — pick another address, or set"
+                f" admin.{key}: null to turn it off"
+            ) from None
+        if key == "listen" and not listen.is_loopback:
+            get_logger().warning(
+                "the admin API (passive refresh, SDK endpoints) listens beyond loopback",
+                listen=str(listen),
+                fix="keep it on loopback and use admin.probe_listen for probes",
+            )
+    return bound
