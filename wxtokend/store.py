@@ -38,7 +38,7 @@ from pathlib import Path
 from wxtokend.config import OUTPUT_DIR_MODE, Grant
 from wxtokend.credential import InvalidCredential, check
 from wxtokend.errors import OutputDirError, StateFileError
-from wxtokend.wechat import Token
+from wxtokend.credential import Token
 
 __all__ = [
     "TICKET_KINDS",
