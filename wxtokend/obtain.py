@@ -98,7 +98,9 @@ class InFleet:
                 " starts the invalidation war) unless fleet.on_redis_down is fetch",
             ) from None
 
-    async def _obtain(self, loop: Obtaining, *, force: bool, stale: str | None) -> tuple[Token, str]:
+    async def _obtain(
+        self, loop: Obtaining, *, force: bool, stale: str | None
+    ) -> tuple[Token, str]:
         fleet, key = self.fleet, loop.fleet_key
         shared = await fleet.read(key)
         if self._is_newer(loop, shared, stale):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from wxtokend.clock import Clock, iso
-from wxtokend.config import AppConfig, Grant
+from wxtokend.config import AppConfig
 from wxtokend.errors import (
     AdminWaitError,
     DailyQuotaError,
@@ -26,8 +26,9 @@ from wxtokend.errors import (
     FetchError,
     UnknownErrcodeError,
 )
+from wxtokend.fleet import RedisDown
 from wxtokend.metrics import Metrics
-from wxtokend.obtain import Strategy
+from wxtokend.obtain import Obtaining, Strategy
 from wxtokend.redact import fingerprint
 from wxtokend.schedule import force_allowed_at, next_quota_reset
 from wxtokend.status import AppStatus, Passive, PassiveResult
@@ -46,6 +47,7 @@ class Refusal:
     result: PassiveResult
     retry_after: float
     detail: str
+    capped: bool = False  # the daily cap refused it (not a wait or the minimum interval)
 
 
 def refusal(
@@ -83,6 +85,7 @@ def refusal(
             result="rate_limited",
             retry_after=next_quota_reset(now) - now,
             detail=f"{daily_limit} refreshes on reports today already",
+            capped=True,
         )
     return None
 
@@ -93,8 +96,8 @@ def today_only(times: Sequence[float], now: float) -> list[float]:
     return [t for t in times if t >= day_start]
 
 
-class Reported(Protocol):
-    """What passive refresh needs of its loop."""
+class Reported(Obtaining, Protocol):
+    """What passive refresh needs of its loop (besides what its strategy needs)."""
 
     app: AppConfig
     record: Record | None
@@ -104,9 +107,6 @@ class Reported(Protocol):
 
     @property
     def lock(self) -> asyncio.Lock: ...
-
-    @property
-    def schedule_grant(self) -> Grant: ...
 
     def status(self) -> AppStatus: ...
 
@@ -208,21 +208,18 @@ class PassiveRefresh:
         )
         if refused is None:
             return None
-        if refused.result == "rate_limited" and len(self.today) == self.daily_limit:
-            if not internal and self.last + self.min_interval <= now:
-                self._log.error(
-                    "passive refresh limit for today reached: a consumer keeps reporting fresh"
-                    " tokens as rejected (wrong appid's token? wrong API?)",
-                    limit=self.daily_limit,
-                )
-                self.today.append(now)  # log once
-        return self._counted(
-            refused.result, retry_after=refused.retry_after, detail=refused.detail
-        )
+        if refused.capped and len(self.today) == self.daily_limit:
+            self._log.error(
+                "passive refresh limit for today reached: a consumer keeps reporting fresh"
+                " tokens as rejected (wrong appid's token? wrong API?)",
+                limit=self.daily_limit,
+            )
+            self.today.append(now)  # log once
+        return self._counted(refused.result, retry_after=refused.retry_after, detail=refused.detail)
 
     async def _refresh(self, stale: str, allow_force: bool) -> Passive:
         loop = self._loop
-        async with loop.lock, self._obtain.hold(loop):  # type: ignore[arg-type]
+        async with loop.lock, self._obtain.hold(loop):
             if loop.record is None or loop.record.access_token != stale:
                 return self._answer("newer", detail="replaced while this report waited")
             if not await loop.fetch_locked(force=False, stale=stale):
@@ -239,10 +236,8 @@ class PassiveRefresh:
     async def _force(self, stale: str) -> Passive:
         loop, now = self._loop, self._clock.now()
         try:
-            used = await self._obtain.forces_used(loop, now, self._forces)  # type: ignore[arg-type]
-        except Exception as exc:  # RedisDown: the fleet's count is unknown
-            if type(exc).__name__ != "RedisDown":
-                raise
+            used = await self._obtain.forces_used(loop, now, self._forces)
+        except RedisDown as exc:
             return self._answer(
                 "failed", detail=f"Redis unreachable: the fleet's force budget is unknown ({exc})"
             )
@@ -258,7 +253,7 @@ class PassiveRefresh:
                 detail="WeChat allows 20 force refreshes a day, 30 s apart",
             )
         self._forces.append(now)
-        await self._obtain.record_force(loop, now)  # type: ignore[arg-type]
+        await self._obtain.record_force(loop, now)
         before = (loop.next_at, loop.last_error, loop.failures)
         if not await loop.fetch_locked(force=True):
             if isinstance(loop.last_error, DailyQuotaError):

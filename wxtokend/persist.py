@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from structlog.typing import FilteringBoundLogger
 
 from wxtokend.clock import Clock
+from wxtokend.config import AppConfig
+from wxtokend.errors import StateFileError
 from wxtokend.metrics import Metrics
 from wxtokend.store import Record, TokenStore, write_fix
 
@@ -95,6 +97,33 @@ class Files:
             return self._failed(exc)
         self._saved(record)
         return True
+
+    def stored(self, app: AppConfig, kind: str, *, now: float) -> Record | None:
+        """What an earlier run left for ``app``'s ``kind``, if it may be served as this app's."""
+        try:
+            record = self._store.load(app.name, kind, now=now)
+        except StateFileError as exc:
+            self._metrics.rejected("state_file")
+            self._log.warning("state file ignored", reason=str(exc), fix="it will be replaced")
+            return None
+        if record is None:
+            return None
+        if record.appid != app.appid:
+            # Another account's token must not be served under this app's name.
+            self._store.remove(app.name, (kind,))
+            self._log.warning(
+                "state file removed",
+                reason=f"it holds a token of appid {record.appid}, not {app.appid}",
+            )
+            return None
+        if (record.grant, record.api_base) != (app.grant, app.api_base):
+            self._log.warning(
+                "state file not reused",
+                reason=f"fetched with grant {record.grant} from {record.api_base or '?'}",
+                fix="a new token replaces it now",
+            )
+            return None
+        return record
 
     def holds(self, token: str) -> bool:
         """The files on disk hold ``token`` and the last write went through."""

@@ -36,9 +36,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from wxtokend.config import OUTPUT_DIR_MODE, Grant
-from wxtokend.credential import InvalidCredential, check
+from wxtokend.credential import InvalidCredential, Token, check
 from wxtokend.errors import OutputDirError, StateFileError
-from wxtokend.credential import Token
 
 __all__ = [
     "TICKET_KINDS",

@@ -20,7 +20,16 @@ from wxtokend.errcodes import Errcode
 from wxtokend.errors import FetchError, MalformedResponse
 from wxtokend.status import AppStatus, Passive
 
-__all__ = ["Attempt", "Call", "Dependency", "Kind", "Upstream", "parse_token"]
+__all__ = [
+    "Attempt",
+    "Call",
+    "Dependency",
+    "Kind",
+    "TicketSource",
+    "TokenSource",
+    "Upstream",
+    "parse_token",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,12 +47,20 @@ class Call:
     sent: tuple[str, ...] = field(default=(), repr=False)
 
 
-class Upstream(Protocol):
-    """Where credentials come from: the WeChat client, or a fake in tests."""
+class TokenSource(Protocol):
+    """Where tokens come from: the WeChat client, or a fake in tests."""
 
     async def fetch_token(self, app: AppConfig, *, force: bool = False) -> Token: ...
 
+
+class TicketSource(Protocol):
+    """Where tickets come from: the WeChat client, or a fake in tests."""
+
     async def fetch_ticket(self, app: AppConfig, kind: Ticket, access_token: str) -> Token: ...
+
+
+class Upstream(TokenSource, TicketSource, Protocol):
+    """Both: what the daemon talks to."""
 
 
 class Held(Protocol):

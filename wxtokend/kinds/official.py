@@ -23,6 +23,7 @@ from wxtokend.errors import (
     TransientError,
 )
 from wxtokend.kinds.base import Attempt, Call, parse_token
+from wxtokend.store import TOKEN
 
 __all__ = ["ERRCODES", "OFFICIAL_TOKEN", "OfficialToken"]
 
@@ -127,12 +128,11 @@ ERRCODES: Final[dict[int, Errcode]] = {
 }
 
 
-
 class OfficialToken:
     """An app's access_token; its grant (classic or stable) says how it is renewed."""
 
     __slots__ = ()
-    name: Final = "token"
+    name: Final = TOKEN  # its files: <name> and <name>.json
     depends_on: Final = None
     # WeChat repeating the current token (stable normal mode, WeCom within its
     # lifetime) means it is still valid with the expiry already known.

@@ -22,6 +22,7 @@ from wxtokend.errors import (
     TransientError,
 )
 from wxtokend.kinds.base import Attempt, Call, Kind, parse_token
+from wxtokend.store import TOKEN
 
 __all__ = ["TicketKind"]
 
@@ -38,7 +39,7 @@ class TicketKind:
     """One of an app's tickets, fetched with the token of ``token``'s kind."""
 
     __slots__ = ("_refusing", "_token", "name")
-    depends_on: Final = "token"
+    depends_on: Final = TOKEN
     # A ticket repeated is simply valid for expires_in from now.
     repeat_keeps_times: Final = False
 
