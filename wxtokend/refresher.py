@@ -16,33 +16,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
-from wxtokend.clock import Clock, iso
-from wxtokend.config import AppConfig, Grant, Ticket
+from wxtokend.clock import Clock
+from wxtokend.config import AppConfig, Ticket
 from wxtokend.credential import Token
-from wxtokend.errors import DailyQuotaError, FetchError, TransientError
+from wxtokend.errors import FetchError, TransientError
 from wxtokend.fleet import Fleet
 from wxtokend.kinds import Kind, ticket_kind, token_kind
 from wxtokend.kinds.base import TicketSource, TokenSource, Upstream
-from wxtokend.logs import REDACTOR, get_logger
+from wxtokend.logs import get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.obtain import Alone, InFleet, Strategy
+from wxtokend.outcomes import Outcomes
 from wxtokend.passive import PassiveRefresh
 from wxtokend.persist import Files
-from wxtokend.redact import fingerprint
 from wxtokend.schedule import (
     Policy,
     Rng,
     backoff,
-    fleet_refresh_at,
-    refresh_at,
-    retry_at,
-    unchanged_retry_at,
 )
-from wxtokend.status import AppStatus, Passive, State, stuck_reason
-from wxtokend.store import Record, TokenStore
+from wxtokend.status import AppStatus, Passive
+from wxtokend.store import TokenStore
 
 __all__ = [
     "AppStatus",
@@ -68,39 +63,11 @@ class _OfPassive:
         setattr(loop._passive, self._name, value)
 
 
-class Refresher:
+class Refresher(Outcomes):
     """Keeps one credential's files fresh."""
 
     # Slots: one of these per app and ticket, and 10,000 instance dicts weighed ~15 MB.
-    __slots__ = (
-        "_arrived",
-        "_clock",
-        "_dependency",
-        "_expires_mono",
-        "_files",
-        "_lock",
-        "_log",
-        "_metrics",
-        "_obtain",
-        "_passive",
-        "_plan",
-        "_planned",
-        "_policy",
-        "_rng",
-        "_semaphore",
-        "_source",
-        "_wake",
-        "_wake_due",
-        "app",
-        "busy_since",
-        "credential_kind",
-        "failures",
-        "kind",
-        "last_error",
-        "next_at",
-        "record",
-        "waiting_for_token",
-    )
+    __slots__ = ("_lock", "_passive", "_plan", "_semaphore", "_source", "_wake")
     _passive_min_interval = _OfPassive("min_interval")
     _passive_daily_limit = _OfPassive("daily_limit")
     _passive_today = _OfPassive("today")
@@ -123,62 +90,37 @@ class Refresher:
         kind: Kind | None = None,
         dependency: Refresher | None = None,
     ) -> None:
-        self.app = app
-        self.credential_kind = kind or token_kind(app)
-        self.kind = self.credential_kind.name  # what the store calls its files
-        self._dependency = dependency
+        kind = kind or token_kind(app)
+        metrics = metrics or Metrics()
+        log = get_logger(app=app.name, appid=app.appid, grant=app.grant, **kind.log_context())
+        obtain: Strategy = Alone() if fleet is None else InFleet(fleet, clock=clock)
+        files = Files(store, clock=clock, metrics=metrics, log=log, on_written=on_written)
+        super().__init__(
+            app,
+            kind,
+            clock=clock,
+            files=files,
+            dependency=dependency,
+            rng=rng,
+            policy=policy,
+            metrics=metrics,
+            log=log,
+            obtain=obtain,
+        )
         self._source = source
-        self._clock, self._rng, self._policy = clock, rng, policy
         self._semaphore = semaphore
-        self._metrics = metrics or Metrics()
-        self._log = get_logger(
-            app=app.name, appid=app.appid, grant=app.grant, **self.credential_kind.log_context()
-        )
-        self._obtain: Strategy = Alone() if fleet is None else InFleet(fleet, clock=clock)
-        self._files = Files(
-            store, clock=clock, metrics=self._metrics, log=self._log, on_written=on_written
-        )
         self._passive = PassiveRefresh(
             self,
-            obtain=self._obtain,
+            obtain=obtain,
             clock=clock,
-            metrics=self._metrics,
-            log=self._log,
+            metrics=metrics,
+            log=log,
             min_interval=passive_min_interval,
             daily_limit=passive_daily_limit,
         )
-        self._wake_due: float | None = None  # monotonic deadline of the current sleep
         self._plan = 0  # counts fetches: a loop whose plan is outdated must not fetch
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._arrived = asyncio.Event()  # set (and replaced) whenever a new value is in place
-        self.record: Record | None = None
-        # When the record's token expires on the monotonic clock: a wall clock set
-        # back must not stretch its life (one set forward shortens it, by wall time).
-        self._expires_mono = float("inf")
-        self.next_at = clock.now()
-        self._planned = self.next_at  # the refresh point, kept while a file write is retried
-        self.failures = 0
-        self.last_error: FetchError | None = None
-        self.busy_since: float | None = None
-        self.waiting_for_token = False  # its dependency has no valid value yet
-
-    # -- what this loop keeps, as its kind says ------------------------------
-
-    @property
-    def schedule_grant(self) -> Grant:
-        """Which timing rules apply: the app's grant for its token, classic for tickets."""
-        return self.credential_kind.renewal(self.app)
-
-    @property
-    def credential(self) -> str:
-        """The label in metrics and status: the grant for a token, ``jsapi_ticket`` etc."""
-        return self.credential_kind.label(self.app)
-
-    @property
-    def fleet_key(self) -> str:
-        """This credential's name in Redis (a WeCom corp's applications differ by secret)."""
-        return self.credential_kind.fleet_key(self.app)
 
     # -- what its parts and its kind may use (Attempt, Obtaining, Reported) ---
 
@@ -187,16 +129,8 @@ class Refresher:
         return self._source  # type: ignore[return-value]  # a kind calls only its own method
 
     @property
-    def dependency(self) -> Refresher | None:
-        return self._dependency
-
-    @property
     def lock(self) -> asyncio.Lock:
         return self._lock
-
-    @property
-    def log(self) -> Any:
-        return self._log
 
     @contextlib.asynccontextmanager
     async def on_wire(self) -> AsyncIterator[None]:
@@ -216,80 +150,6 @@ class Refresher:
         await self._mark_refreshing()
         return await self.credential_kind.fetch(self, force=force)
 
-    # -- state ---------------------------------------------------------------
-
-    @property
-    def writing_since(self) -> float | None:
-        """Monotonic start of a file write in progress."""
-        return self._files.writing_since
-
-    def clock_now(self) -> float:
-        return self._clock.now()
-
-    def on_disk(self) -> bool:
-        """A valid token whose files are written (not just fetched)."""
-        record = self.record
-        return (
-            self.has_valid_token() and record is not None and self._files.holds(record.access_token)
-        )
-
-    def has_valid_token(self) -> bool:
-        """Valid by the wall clock *and* the monotonic one: a clock step either way is safe."""
-        return self.valid_for() > 0
-
-    def valid_for(self) -> float:
-        """Seconds the current token has left (0 if none): the lesser of both clocks' answer."""
-        record = self.record
-        if record is None or record.expired:
-            return 0.0
-        left = min(
-            record.expires_at - self._clock.now(), self._expires_mono - self._clock.monotonic()
-        )
-        return max(0.0, left)
-
-    def _hold(self, record: Record, expires_in: float) -> None:
-        """Take ``record`` as the current token, valid ``expires_in`` seconds from now."""
-        self.record = record
-        self._expires_mono = self._clock.monotonic() + expires_in
-
-    def status(self) -> AppStatus:
-        record, error, files = self.record, self.last_error, self._files
-        problem = str(error) if error else files.write_error
-        state: State
-        if record is None:
-            state = "pending"
-        elif not self.has_valid_token():
-            state = "expired"
-        else:
-            state = "failing" if problem else "ok"
-        status = AppStatus(
-            name=self.app.name,
-            appid=self.app.appid,
-            grant=self.credential,
-            state=state,
-            expires_at=record.expires_at if record else None,
-            fingerprint=fingerprint(record.access_token) if record else None,
-            next_refresh=self.next_at,
-            consecutive_failures=self.failures,
-            last_error=problem,
-            hint=error.hint if error else (files.write_hint if files.write_error else None),
-        )
-        if not self.waiting_for_token or problem is not None or self._dependency is None:
-            return status
-        needed = self._dependency.status()
-        why = f": {needed.last_error}" if needed.last_error else ""
-        return replace(status, last_error=f"waiting for the access_token{why}", hint=needed.hint)
-
-    def stuck(self, *, fetch_limit: float) -> str | None:
-        """Why this loop looks stuck (a fetch hanging, a wake-up long overdue), or None."""
-        return stuck_reason(
-            mono=self._clock.monotonic(),
-            busy_since=self.busy_since,
-            writing_since=self._files.writing_since,
-            wake_due=self._wake_due,
-            fetch_limit=fetch_limit,
-        )
-
     async def close(self) -> None:
         """Stop for good (reload removed or replaced this app): finish any fetch, write nothing."""
         async with self._lock:
@@ -306,43 +166,6 @@ class Refresher:
             self.next_at += by
             self._planned += by
         self._wake.set()
-
-    def reconfigure(self, app: AppConfig, *, policy: Policy) -> None:
-        """A reload kept this app's fetch settings: take its new details, keep the token."""
-        self.app = app
-        self._policy = policy
-
-    # -- start ---------------------------------------------------------------
-
-    def adopt_stored(self, *, refetch: bool = False) -> bool:
-        """Take over a still-valid token from an earlier run; True if one was adopted.
-
-        ``refetch``: serve it, but fetch a new one at once (a reload changed the secret).
-        """
-        now = self._clock.now()
-        record = self._files.stored(self.app, self.kind, now=now)
-        if record is None or record.expired or now >= record.expires_at:
-            return False
-        self._hold(record, record.expires_at - now)
-        self.next_at = self._planned = self._refresh_point(
-            record, now, fetched_at=record.fetched_at, expires_at=record.expires_at
-        )
-        if record.interrupted() or refetch:
-            # Interrupted: WeChat may have issued a newer token, killing this one soon.
-            self.next_at = self._planned = now
-        self._files.save_now(record)  # repairs a bare file left behind by a crash; no-op otherwise
-        REDACTOR.register(f"{self.kind}:{self.app.name}", record.access_token, label="<token>")
-        self._metrics.refresh(self.app.name, self.credential, "reused", None)
-        self._metrics.token(self.app.name, expires_at=record.expires_at, kind=self.kind)
-        self._log.info(
-            "refresh",
-            outcome="reused",
-            fingerprint=fingerprint(record.access_token),
-            expires_in=int(record.expires_at - now),
-            next_refresh=iso(self.next_at),
-            interrupted_fetch=record.interrupted() or None,
-        )
-        return True
 
     # -- loop ----------------------------------------------------------------
 
@@ -450,196 +273,6 @@ class Refresher:
             token_fingerprint=token_fingerprint,
             allow_force=allow_force,
             internal=internal,
-        )
-
-    # -- outcomes ------------------------------------------------------------
-
-    async def _succeeded(self, token: Token, outcome: str = "ok") -> None:
-        now = self._clock.now()
-        self.failures, self.last_error = 0, None
-        self._metrics.failures(self.app.name, 0, kind=self.kind)
-        previous = self.record
-        if (
-            self.credential_kind.repeat_keeps_times
-            and previous is not None
-            and self.has_valid_token()  # else (a clock step, a long stop) its times are stale
-            and token.access_token == previous.access_token
-        ):
-            self.next_at = unchanged_retry_at(
-                now=now,
-                fetched_at=previous.fetched_at,
-                expires_at=previous.expires_at,
-                rng=self._rng,
-                policy=self._policy,
-                grant=self.schedule_grant,
-            )
-            self._log_refresh("unchanged", token, now)
-            return
-        record = Record.of(
-            token,
-            appid=self.app.appid,
-            name=self.app.name,
-            grant=self.app.grant,
-            api_base=self.app.api_base,
-            kind=self.kind,
-        )
-        REDACTOR.register(f"{self.kind}:{self.app.name}", token.access_token, label="<token>")
-        self._hold(record, token.expires_at - now)
-        self._planned = self._refresh_point(
-            record, now, fetched_at=token.fetched_at, expires_at=token.expires_at
-        )
-        self.next_at = self._planned  # before the write: it yields, and may be cancelled
-        saved = await self._write(record)
-        self._announce_arrival()
-        self._metrics.token(
-            self.app.name, expires_at=record.expires_at, fetched=now, kind=self.kind
-        )
-        self._log_refresh(outcome if saved else "unsaved", token, now)
-
-    async def _failed(self, error: FetchError) -> None:
-        now = self._clock.now()
-        self.failures += 1
-        self.last_error = error
-        left = self.valid_for()
-        valid_until = now + left if left > 0 else None
-        self.next_at = retry_at(
-            now=now,
-            error=error,
-            attempt=self.failures,
-            rng=self._rng,
-            policy=self._policy,
-            expires_at=valid_until,
-        )
-        self._metrics.refresh(self.app.name, self.credential, error.outcome, error.errcode)
-        self._metrics.failures(self.app.name, self.failures, kind=self.kind)
-        log = self._log.warning if isinstance(error, TransientError) else self._log.error
-        if isinstance(error, DailyQuotaError):
-            self._log.error(
-                "daily quota used up: no more fetches for this app until the reset",
-                reset_at=iso(self.next_at),
-            )
-        log(
-            "refresh",
-            outcome=error.outcome,
-            errcode=error.errcode,
-            error=str(error),
-            hint=error.hint or None,
-            attempt=self.failures,
-            next_refresh=iso(self.next_at),
-            token_valid_for=int(valid_until - now) if valid_until else 0,
-        )
-        await self._mark_if_expired()
-
-    def _log_refresh(self, outcome: str, token: Token, now: float) -> None:
-        self._metrics.refresh(self.app.name, self.credential, outcome, 0)
-        self._log.info(
-            "refresh",
-            outcome=outcome,
-            errcode=0,
-            fingerprint=fingerprint(token.access_token),
-            expires_in=token.expires_in,
-            next_refresh=iso(self.next_at),
-            next_refresh_in=round(self.next_at - now, 1),
-        )
-
-    def _refresh_point(
-        self, record: Record, now: float, *, fetched_at: float, expires_at: float
-    ) -> float:
-        """When to replace ``record``: in a fleet, at one point per token (see schedule)."""
-        # The token's exact times when known: the record's are floored to whole seconds.
-        when = {"now": now, "fetched_at": fetched_at, "expires_at": expires_at}
-        grant, rng, policy = self.schedule_grant, self._rng, self._policy
-        if isinstance(self._obtain, InFleet):
-            token_print = fingerprint(record.access_token)
-            return fleet_refresh_at(
-                **when, token_print=token_print, grant=grant, rng=rng, policy=policy
-            )
-        return refresh_at(**when, grant=grant, rng=rng, policy=policy)
-
-    # -- waiting for a dependency, or for a token to arrive ------------------
-
-    def _announce_arrival(self) -> None:
-        """Wake everything waiting for a token (ticket loops at a cold start)."""
-        arrived, self._arrived = self._arrived, asyncio.Event()
-        arrived.set()
-
-    async def until_valid(self, within: float | None) -> bool:
-        """Until this loop holds a valid token (True), or ``within`` seconds passed."""
-        if self.has_valid_token():
-            return True
-        if within is None:
-            await self._arrived.wait()
-        else:
-            await self._clock.wait(self._arrived, within)
-        return self.has_valid_token()
-
-    async def _await_dependency(self) -> None:
-        """Sleep until the value this kind is fetched with is valid, woken when it arrives.
-
-        A cold start fetches the token first; a token that keeps failing is the token
-        loop's error to report, not this one's. Meanwhile this loop's own file is
-        still marked expired when its time comes.
-        """
-        dependency = self._dependency
-        while dependency is not None and not dependency.has_valid_token():
-            self.waiting_for_token = True
-            record = self.record
-            live = record is not None and not record.expired
-            timeout = max(0.0, record.expires_at - self._clock.now()) if live and record else None
-            if not await dependency.until_valid(timeout):
-                await self._mark_if_expired(force=True)
-        self.waiting_for_token = False
-
-    # -- files ---------------------------------------------------------------
-
-    async def _write(self, record: Record) -> bool:
-        """Save, or keep the token in memory and retry the write soon (never refetch for it)."""
-        files = self._files
-        if await files.save(record):
-            files.unsaved = False
-            files.write_failures = 0
-            self.next_at = self._planned
-            if files.on_written is not None:
-                files.on_written()
-            return True
-        files.unsaved = True
-        files.write_failures += 1
-        self.next_at = self._clock.now() + backoff(
-            files.write_failures, self._rng, base=1.0, cap=30.0, floor=1.0
-        )
-        return False
-
-    async def _mark_refreshing(self) -> None:
-        """Before a classic fetch, note it in the JSON: it will invalidate the current token.
-
-        If the note cannot be written, neither could the new token be: the fetch would
-        only kill the token consumers hold. While that one is valid, the fetch waits
-        (a transient error, retried with backoff) for the disk to come back.
-        """
-        record, files = self.record, self._files
-        if self.schedule_grant != "classic" or record is None or files.unsaved:
-            return
-        if await files.save(record.refreshing(self._clock.now())):
-            return
-        if self.has_valid_token() and files.written_token == record.access_token:
-            raise TransientError(
-                f"fetch deferred, the token on disk stays valid: {files.write_error}",
-                fix=files.write_hint or "",
-            )
-
-    async def _mark_if_expired(self, *, force: bool = False) -> None:
-        record = self.record
-        if record is None or record.expired:
-            return
-        if not force and self.valid_for() > 0:
-            return
-        self.record = record.as_expired()
-        await self._files.save(self.record)
-        error = self.last_error
-        self._log.error(
-            "token expired without a replacement; its file stays, marked expired in the JSON",
-            last_error=str(error) if error else None,
-            hint=error.hint if error else None,
         )
 
     # -- sleeping ------------------------------------------------------------
