@@ -19,6 +19,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wxtokend"
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 250
 
+# The refresh loop and its parts (obtain, passive refresh, persistence).
+LOOP = (
+    "wxtokend.holding",
+    "wxtokend.obtain",
+    "wxtokend.outcomes",
+    "wxtokend.passive",
+    "wxtokend.persist",
+    "wxtokend.refresher",
+)
+
 Graph = Mapping[str, Mapping[str, int]]  # module -> {imported module: line of the import}
 
 
@@ -285,14 +295,26 @@ class TestLayers:
 
     def test_kinds_never_reach_the_daemon_or_the_loops(self) -> None:
         graph = import_graph(sources())
-        upper = {m for m in graph if _under(m, "wxtokend.daemon", "wxtokend.loops")}
-        upper |= {m for m in graph if _under(m, "wxtokend.refresher")}
+        upper = {m for m in graph if _under(m, "wxtokend.daemon", "wxtokend.loopset", *LOOP)}
         paths = [
             _arrows(path)
             for name in graph
             if _under(name, "wxtokend.kinds") and (path := reaches(graph, name, upper))
         ]
         assert not paths, "kinds import the daemon or the loops:\n" + "\n".join(paths)
+
+    def test_the_loop_names_no_kind(self) -> None:
+        """The loop's modules reach a kind only through ``Kind`` and the package's lookups."""
+        graph = import_graph(sources())
+        allowed = {"wxtokend.kinds", "wxtokend.kinds.base"}
+        offenders = [
+            f"{name} (line {line}) imports {target}"
+            for name, edges in graph.items()
+            if name in LOOP
+            for target, line in edges.items()
+            if _under(target, "wxtokend.kinds") and target not in allowed
+        ]
+        assert not offenders, "the loop imports a kind by name:\n" + "\n".join(offenders)
 
     def test_a_synthetic_layer_breach_is_reported(self) -> None:
         graph = {"d": {"x": 1}, "x": {"admin": 4}, "admin": {}}

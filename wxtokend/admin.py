@@ -23,8 +23,8 @@ from wxtokend.config import AppConfig, Ticket
 from wxtokend.guard import DEFAULT_BODY_LIMIT, BadBody, RequestGuard, json_object
 from wxtokend.jssdk import jssdk_config
 from wxtokend.metrics import CONTENT_TYPE
-from wxtokend.refresher import AppStatus, Passive
 from wxtokend.sdk import sdk_routes
+from wxtokend.status import AppStatus, Passive
 
 if TYPE_CHECKING:
     from wxtokend.service import Service

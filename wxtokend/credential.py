@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "MAX_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "InvalidCredential",
+    "Token",
     "check",
     "is_valid_token",
 ]
@@ -29,6 +31,19 @@ MAX_LIFETIME: Final = 86400
 FUTURE_SKEW: Final = 300.0
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _ROUNDING = 1e-3  # fetched_at + expires_in - fetched_at is not exact in floats
+
+
+@dataclass(frozen=True, kw_only=True)
+class Token:
+    """A token or ticket as WeChat gave it; ``fetched_at`` is when the request was sent."""
+
+    access_token: str = field(repr=False)
+    expires_in: int
+    fetched_at: float
+
+    @property
+    def expires_at(self) -> float:
+        return self.fetched_at + self.expires_in
 
 
 class InvalidCredential(ValueError):

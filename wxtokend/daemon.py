@@ -157,21 +157,7 @@ class Daemon:
 
     def start(self) -> list[Refresher]:
         """Prepare the directory and adopt valid tokens left by an earlier run."""
-        try:
-            self.store.ensure_directory()
-            warnings = self.store.check_directory()
-            removed = self.store.prepare()
-        except OutputDirError as exc:  # unusable or unsafe: a config error, exit 2
-            raise self.config.output_dir_error(exc) from None
-        except OSError as exc:
-            raise OutputDirError(
-                f"output_dir {self.config.output_dir}: {exc.strerror} — create it writable for"
-                " the user wxtokend runs as (systemd: RuntimeDirectory=wxtoken)"
-            ) from None
-        for warning in warnings:
-            self._log.warning("output_dir", problem=warning)
-        if removed:
-            self._log.info("removed temp files left by a crash", files=removed)
+        _prepare_output_dir(self.store, self.config, self._log)
         for loop in self._loops.values():
             loop.adopt_stored()
         return list(self._loops.values())
@@ -322,3 +308,22 @@ def _policy(config: Config) -> Policy:
         backoff_base=config.retry_min,
         backoff_cap=config.retry_max,
     )
+
+
+def _prepare_output_dir(store: TokenStore, config: Config, log: Any) -> None:
+    """Create and check the output directory, and clear what a crash left in it."""
+    try:
+        store.ensure_directory()
+        warnings = store.check_directory()
+        removed = store.prepare()
+    except OutputDirError as exc:  # unusable or unsafe: a config error, exit 2
+        raise config.output_dir_error(exc) from None
+    except OSError as exc:
+        raise OutputDirError(
+            f"output_dir {config.output_dir}: {exc.strerror} — create it writable for"
+            " the user wxtokend runs as (systemd: RuntimeDirectory=wxtoken)"
+        ) from None
+    for warning in warnings:
+        log.warning("output_dir", problem=warning)
+    if removed:
+        log.info("removed temp files left by a crash", files=removed)

@@ -14,9 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from wxtokend.config import Grant
-from wxtokend.credential import InvalidCredential, check
+from wxtokend.credential import InvalidCredential, Token, check
 from wxtokend.errors import StateFileError
-from wxtokend.wechat import Token
 
 __all__ = ["TICKET_KINDS", "TOKEN", "Record", "file_name"]
 

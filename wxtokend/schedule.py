@@ -20,6 +20,7 @@ Nothing here reads a clock or sleeps, so every rule is tested table-style.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +38,7 @@ __all__ = [
     "Policy",
     "Rng",
     "backoff",
+    "fleet_refresh_at",
     "force_allowed_at",
     "next_minute",
     "next_quota_reset",
@@ -91,6 +93,37 @@ def refresh_at(
         window = _stable_window(policy, fetched_at, expires_at)
         at = expires_at - window + window * rng.uniform(*policy.stable_aim)
     return max(at, now)
+
+
+def fleet_refresh_at(
+    *,
+    now: float,
+    fetched_at: float,
+    expires_at: float,
+    token_print: str,
+    grant: Grant,
+    rng: Rng,
+    policy: Policy,
+) -> float:
+    """When an instance of a fleet should replace the token of fingerprint ``token_print``.
+
+    Every instance draws the *same* jitter for the same token (seeded by its
+    fingerprint), plus a small offset of its own: the fleet then refreshes at one
+    point per token, not at the earliest of N independent draws, and the
+    instances do not all reach for the lock at the same instant.
+    """
+    shared = random.Random(int(token_print, 16))
+    at = refresh_at(
+        now=now,
+        fetched_at=fetched_at,
+        expires_at=expires_at,
+        grant=grant,
+        rng=shared,
+        policy=policy,
+    )
+    if at > now and grant != "wecom":
+        at += rng.uniform(0, 0.01 * max(0.0, expires_at - fetched_at))
+    return at
 
 
 def unchanged_retry_at(

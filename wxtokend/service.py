@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from wxtokend.clock import Clock
     from wxtokend.config import AppConfig, Config
     from wxtokend.metrics import Metrics
-    from wxtokend.refresher import AppStatus, Passive
+    from wxtokend.status import AppStatus, Passive
     from wxtokend.store import Record
 
 __all__ = ["FleetState", "Listener", "Loop", "Service"]
