@@ -7,6 +7,7 @@ The tree::
     ├── StateFileError            a <name>.json left by an earlier run can't be reused
     ├── OutputDirError            output_dir can't be created or written
     ├── ListenError               an admin address can't be listened on
+    ├── BadCallback               a callback body refused: bad signature, replay, not ours
     └── FetchError                WeChat gave no usable token (carries errcode + hint)
         ├── TransientError        -1, HTTP 5xx, timeouts, connection errors: back off, retry
         │   ├── MalformedResponse 200 but not a usable token (garbage, truncated, bad fields)
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "AdminWaitError",
+    "BadCallback",
     "ConfigError",
     "DailyQuotaError",
     "FatalConfigError",
@@ -69,6 +71,14 @@ class OutputDirError(WxTokendError):
 
 class ListenError(WxTokendError):
     """An admin address is taken or forbidden: probes and SDKs would find nobody there."""
+
+
+class BadCallback(WxTokendError):
+    """A callback from "WeChat" that must not be believed; the message says which check failed.
+
+    Raised before anything in it is used: unsigned, forged, replayed, undecryptable or
+    addressed to another receiver. Never contains the body, the key or the Token.
+    """
 
 
 class FetchError(WxTokendError):

@@ -1,0 +1,1 @@
+"""Callbacks from WeChat: the message crypto, the events inside, and where they arrive."""
