@@ -27,6 +27,7 @@ from wxtokend.loopset import LoopSet
 from wxtokend.memory import settle_memory
 from wxtokend.metrics import Metrics
 from wxtokend.notify import Notifier
+from wxtokend.platforms import PlatformSet
 from wxtokend.refresher import Refresher, TicketRefresher, Upstream
 from wxtokend.reloading import Reloader, apply_apps, restart_only_changes, with_runtime_settings
 from wxtokend.retire import Retirer
@@ -80,6 +81,15 @@ class Daemon:
         self._policy = _policy(config)
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._log = get_logger()
+        self.platforms = PlatformSet(
+            config,
+            client=source,
+            clock=self.clock,
+            rng=self._rng,
+            policy=self._policy,
+            semaphore=self._semaphore,
+            metrics=self.metrics,
+        )
         self._wire_parts()
         for app in config.apps:
             self._loopset.add(app)
@@ -136,18 +146,14 @@ class Daemon:
 
     def readiness(self) -> dict[str, str]:
         """Apps without a valid token (or one of their tickets) on disk, and why."""
-        return readiness.missing(self.refreshers, self.tickets)
+        return readiness.missing(self.refreshers, self.tickets) | self.platforms.readiness()
 
     def health(self) -> list[str]:
         """Why the refresh machinery is unhealthy (dead or stuck loops); empty if fine."""
         return readiness.health(self._tasks, self._loops, fetch_limit=self.config.request_timeout)
 
     def update_gauges(self) -> None:
-        waiting = self.readiness()
-        configured = len(self.refreshers)
-        readiness.update_gauges(
-            self.metrics, configured=configured, waiting=waiting, fleet=self.fleet
-        )
+        readiness.update_gauges(self.metrics, self.refreshers, self.readiness(), self.fleet)
 
     def status_line(self) -> str:
         """One line for ``systemctl status``."""
@@ -158,6 +164,7 @@ class Daemon:
     def start(self) -> list[Refresher]:
         """Prepare the directory and adopt valid tokens left by an earlier run."""
         _prepare_output_dir(self.store, self.config, self._log)
+        self.platforms.start()
         for loop in self._loops.values():
             loop.adopt_stored()
         return list(self._loops.values())
@@ -188,6 +195,7 @@ class Daemon:
             asyncio.create_task(self._reloader.run(watcher), name="reload"),
             asyncio.create_task(self._watch_clock(), name="clock"),
             *self._follower.tasks(),
+            *self.platforms.tasks(),
         ]
         try:
             await stop.wait()
@@ -212,15 +220,8 @@ class Daemon:
             await self.aclose()
         for refresher, ok in zip([*tokens, *tickets], results, strict=True):
             if not ok:
-                self._log_missing(refresher)
+                _log_missing(self._log, refresher)
         return all(results)
-
-    def _log_missing(self, refresher: Refresher) -> None:
-        status = refresher.status()
-        what = "token" if refresher.kind == TOKEN else f"{refresher.kind} ticket"
-        self._log.error(
-            f"no valid {what}", app=status.name, error=status.last_error, hint=status.hint
-        )
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -327,3 +328,9 @@ def _prepare_output_dir(store: TokenStore, config: Config, log: Any) -> None:
         log.warning("output_dir", problem=warning)
     if removed:
         log.info("removed temp files left by a crash", files=removed)
+
+
+def _log_missing(log: Any, refresher: Refresher) -> None:
+    status = refresher.status()
+    what = "token" if refresher.kind == TOKEN else f"{refresher.kind} ticket"
+    log.error(f"no valid {what}", app=status.name, error=status.last_error, hint=status.hint)

@@ -16,7 +16,9 @@ The tree::
         ├── DailyQuotaError       45009: stop until the quota resets at 00:00 UTC+8
         ├── AdminWaitError        89501/89503/89506/89507: an admin must act; wait as told
         ├── FatalConfigError      bad secret, appid, IP whitelist, frozen...: a human must fix
-        │                         it, retry at most every 10 minutes
+        │   │                     it, retry at most every 10 minutes
+        │   └── ReauthorizationNeeded 61023/61003: an authorizer must authorize the platform
+        │                         again; never retried until it does
         └── UnknownErrcodeError   an errcode this version does not know: retry slowly
 
 No message in this tree ever contains a secret or a token: :mod:`wxtokend.wechat`
@@ -37,6 +39,7 @@ __all__ = [
     "MalformedResponse",
     "MinuteQuotaError",
     "OutputDirError",
+    "ReauthorizationNeeded",
     "StateFileError",
     "TokenRejectedError",
     "TransientError",
@@ -157,6 +160,17 @@ class FatalConfigError(FetchError):
 
     outcome = "fatal"
     retries = "retrying every 10 min"
+
+
+class ReauthorizationNeeded(FatalConfigError):
+    """An authorizer's refresh token is dead: only its administrator authorizing again helps.
+
+    Retrying would be a loop of refusals, so that authorizer waits for a new
+    ``authorized`` event; every other authorizer goes on.
+    """
+
+    outcome = "reauthorize"
+    retries = "not retried until it authorizes again"
 
 
 class UnknownErrcodeError(FetchError):

@@ -57,9 +57,14 @@ def health(
 
 
 def update_gauges(
-    metrics: Metrics, *, configured: int, waiting: Mapping[str, str], fleet: Fleet | None
+    metrics: Metrics,
+    refreshers: Mapping[str, Refresher],
+    waiting: Mapping[str, str],
+    fleet: Fleet | None,
 ) -> None:
-    metrics.apps(configured=configured, ready=configured - len(waiting))
+    configured = len(refreshers)
+    ready_apps = configured - sum(name in waiting for name in refreshers)
+    metrics.apps(configured=configured, ready=ready_apps)
     if fleet is not None:
         metrics.fleet_up(fleet.up)
 

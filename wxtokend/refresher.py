@@ -24,7 +24,7 @@ from wxtokend.credential import Token
 from wxtokend.errors import FetchError, TransientError
 from wxtokend.fleet import Fleet
 from wxtokend.kinds import Kind, ticket_kind, token_kind
-from wxtokend.kinds.base import TicketSource, TokenSource, Upstream
+from wxtokend.kinds.base import Dependency, TicketSource, TokenSource, Upstream
 from wxtokend.logs import get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.obtain import Alone, InFleet, Strategy
@@ -88,7 +88,7 @@ class Refresher(Outcomes):
         passive_daily_limit: int = 100,
         on_written: Callable[[], None] | None = None,
         kind: Kind | None = None,
-        dependency: Refresher | None = None,
+        dependency: Dependency | None = None,
     ) -> None:
         kind = kind or token_kind(app)
         metrics = metrics or Metrics()

@@ -39,7 +39,17 @@ __all__ = [
 
 _RELOAD_SETTLE = 0.3  # editors and kubelet write in bursts: reload once per burst
 # Global settings a running daemon cannot change in place.
-RESTART_ONLY = ("output_dir", "proxy", "request_timeout", "max_concurrency", "admin", "fleet")
+RESTART_ONLY = (
+    "output_dir",
+    "proxy",
+    "request_timeout",
+    "max_concurrency",
+    "admin",
+    "fleet",
+    "platforms",  # third-party platforms are set up at start
+    "state_dir",
+    "callback_listen",
+)
 
 Changes = dict[str, list[str]]
 

@@ -113,12 +113,24 @@ class WeChatClient:
         """One call for any credential kind; ``using`` is the value of what it depends on."""
         fetched_at = self._clock.now()
         call = kind.call(app, force=force, using=using)
-        body = await self._exchange(self._request(app, call), app, call.endpoint, *call.sent)
-        refused = kind.reply_error(body)
-        if refused is not None:
-            raise refused
-        self._raise_errcode(body, app, kind.errcodes(app), *call.sent)
+        body = await self.send(app, call, kind.errcodes(app), refused=kind.reply_error)
         return kind.parse(body, fetched_at=fetched_at)
+
+    async def send(
+        self,
+        app: AppConfig,
+        call: Call,
+        table: Mapping[int, Errcode],
+        *,
+        refused: Callable[[Any], FetchError | None] | None = None,
+    ) -> Any:
+        """One call on the wire: its JSON reply once no errcode (read in ``table``) refused it."""
+        body = await self._exchange(self._request(app, call), app, call.endpoint, *call.sent)
+        error = refused(body) if refused is not None else None
+        if error is not None:
+            raise error
+        self._raise_errcode(body, app, table, *call.sent)
+        return body
 
     def _request(self, app: AppConfig, call: Call) -> httpx.Request:
         url = self._url(app, call.endpoint)

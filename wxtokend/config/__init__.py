@@ -38,6 +38,7 @@ from wxtokend.config.settings import (
     Config,
     Grant,
     GrantChoice,
+    PlatformConfig,
     Ticket,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "Config",
     "Grant",
     "GrantChoice",
+    "PlatformConfig",
     "Ticket",
     "json_schema",
     "load_config",

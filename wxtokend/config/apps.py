@@ -132,53 +132,69 @@ class _AppResolver(_Checker):
         return app.corpid
 
     def _secret(self, where: str, app: _AppModel) -> str | None:
-        if app.secret is not None:
-            return self._clean_secret(f"{where}.secret", app.secret, "the inline secret")
-        if app.secret_env is not None:
-            value = self.env.get(app.secret_env)
+        return self.read_secret(
+            where, "secret", (app.secret, app.secret_env, app.secret_file), what="AppSecret"
+        )
+
+    def read_secret(
+        self,
+        where: str,
+        key: str,
+        sources: tuple[str | None, str | None, str | None],
+        *,
+        what: str,
+    ) -> str | None:
+        """The value of ``key`` (inline), ``key_env`` or ``key_file`` — whichever is set."""
+        inline, env_name, file_name = sources
+        if inline is not None:
+            return self._clean_secret(f"{where}.{key}", inline, f"the inline {key}", what)
+        if env_name is not None:
+            value = self.env.get(env_name)
             if not value:
                 state = "is not set" if value is None else "is empty"
                 self._fail(
-                    f"{where}.secret_env",
-                    f"environment variable {app.secret_env} {state}",
-                    f"export {app.secret_env}=<AppSecret> for the daemon (systemd: Environment= or"
+                    f"{where}.{key}_env",
+                    f"environment variable {env_name} {state}",
+                    f"export {env_name}=<{what}> for the daemon (systemd: Environment= or"
                     " EnvironmentFile=; Kubernetes: env from a Secret)",
                 )
                 return None
-            return self._clean_secret(f"{where}.secret_env", value, f"${app.secret_env}")
-        assert app.secret_file is not None
-        path = self.base / app.secret_file
+            return self._clean_secret(f"{where}.{key}_env", value, f"${env_name}", what)
+        if file_name is None:
+            self._fail(where, f"no {key} given", f"add {key}_file: (or {key}_env:, or {key}:)")
+            return None
+        path = self.base / file_name
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             self._fail(
-                f"{where}.secret_file",
+                f"{where}.{key}_file",
                 f"{path}: no such file",
-                "create it holding only the AppSecret, or fix the path",
+                f"create it holding only the {what}, or fix the path",
             )
             return None
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             self._fail(
-                f"{where}.secret_file",
+                f"{where}.{key}_file",
                 f"{path}: cannot read: {reason}",
                 "let the user wxtokend runs as read it, and nobody else (chmod 0600)",
             )
             return None
-        return self._clean_secret(f"{where}.secret_file", text, str(path))
+        return self._clean_secret(f"{where}.{key}_file", text, str(path), what)
 
-    def _clean_secret(self, keypath: str, raw: str, what: str) -> str | None:
+    def _clean_secret(self, keypath: str, raw: str, what: str, value_name: str) -> str | None:
         value = raw.strip()
         if not value:
             self._fail(
-                keypath, f"{what} is empty", "put the AppSecret from the WeChat console there"
+                keypath, f"{what} is empty", f"put the {value_name} from the WeChat console there"
             )
             return None
         if not re.fullmatch(r"[\x21-\x7e]+", value):
             self._fail(
                 keypath,
                 f"{what} holds spaces, several lines or non-ASCII characters",
-                "it must hold only the AppSecret",
+                f"it must hold only the {value_name}",
             )
             return None
         return value

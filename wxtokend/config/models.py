@@ -13,16 +13,17 @@ import re
 import stat
 from typing import Annotated, Any, Literal
 
-import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from wxtokend.asgi import parse_listen
+from wxtokend.config.platform_models import _CallbackModel, _PlatformModel
 from wxtokend.config.settings import (
     DEFAULT_API_BASE,
     DEFAULT_WECOM_API_BASE,
     GrantChoice,
     Ticket,
 )
+from wxtokend.config.values import _APPID, _NAME, _check_http_url, _check_name
 
 __all__ = [
     "_APPID",
@@ -35,6 +36,7 @@ __all__ = [
     "_AppModel",
     "_ConfigModel",
     "_FleetModel",
+    "_PlatformModel",
     "_RetryModel",
     "_SettingsModel",
     "_check_http_url",
@@ -43,8 +45,6 @@ __all__ = [
     "parse_duration",
 ]
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_APPID = re.compile(r"[\x21-\x7e]{1,128}")
 _REDIS_URL = re.compile(r"^(redis|rediss|unix)://")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -301,6 +301,14 @@ class _SettingsModel(BaseModel):
         description="Delete a removed app's files at once, not when its token expires.",
     )
     fleet: _FleetModel | None = Field(None, description="Fleet mode through Redis.")
+    platforms: list[_PlatformModel] = Field(
+        default_factory=list, description="Open Platform third-party platforms."
+    )
+    state_dir: str = Field(
+        "/var/lib/wxtokend",
+        description="Private state (mode 0700): platforms' pushed tickets and refresh tokens.",
+    )
+    callback: _CallbackModel = Field(default_factory=lambda: _CallbackModel.model_validate({}))
 
     @field_validator("api_base", "wecom_api_base", "proxy")
     @classmethod
@@ -311,32 +319,22 @@ class _SettingsModel(BaseModel):
 class _ConfigModel(_SettingsModel):
     """wxtokend configuration."""
 
-    model_config = ConfigDict(extra="forbid", title="wxtokend configuration")
+    model_config = ConfigDict(
+        extra="forbid",
+        title="wxtokend configuration",
+        json_schema_extra={"anyOf": [{"required": ["apps"]}, {"required": ["platforms"]}]},
+    )
 
-    apps: list[_AppModel] = Field(min_length=1, description="The apps whose tokens are kept.")
+    apps: list[_AppModel] = Field(
+        default_factory=list,
+        description="The apps whose tokens are kept (at least one, unless platforms: lists one).",
+    )
 
-
-def _check_http_url(value: str | None) -> str | None:
-    if value is None:
-        return None
-    problem = "must be an http:// or https:// URL without query, e.g. https://host"
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
-        raise ValueError(problem)
-    try:
-        port = httpx.URL(value).port
-    except (httpx.InvalidURL, ValueError):
-        raise ValueError(problem) from None
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"port {port} is not between 1 and 65535")
-    return value.rstrip("/")
-
-
-def _check_name(value: str) -> None:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f"{value!r} can't be a file name: use 1-128 letters, digits, '_' or '-',"
-            " starting with a letter or digit (no '/', '..', dots or spaces)"
-        )
+    @model_validator(mode="after")
+    def _something_to_keep(self) -> _ConfigModel:
+        if not self.apps and not self.platforms:
+            raise ValueError("list at least one app under apps: (or a platform under platforms:)")
+        return self
 
 
 def json_schema() -> dict[str, Any]:

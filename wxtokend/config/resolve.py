@@ -16,8 +16,9 @@ from wxtokend.config.checker import _Checker
 from wxtokend.config.duplicates import _Duplicates
 from wxtokend.config.fleet import _FleetResolver
 from wxtokend.config.models import _AppModel, _SettingsModel
+from wxtokend.config.platforms import _PlatformResolver
 from wxtokend.config.reader import _in_file_order, _Loader
-from wxtokend.config.settings import AdminConfig, Config
+from wxtokend.config.settings import AdminConfig, AppConfig, Config, PlatformConfig
 from wxtokend.errors import ConfigError
 
 __all__ = ["_Resolver", "_may_chown_to"]
@@ -55,6 +56,7 @@ class _Resolver(_Checker):
         _Duplicates(
             self.loader, self.apps, each.named, secrets=self.secrets, problems=self.problems
         ).check(apps)
+        platforms = self._platforms(each, apps)
         gid = self._group()
         fleet = _FleetResolver(
             self.loader, self.model.fleet, secrets=self.secrets, problems=self.problems
@@ -81,7 +83,31 @@ class _Resolver(_Checker):
             remove_files_on_removal=self.model.remove_files_on_removal,
             warnings=tuple(self.warnings),
             output_dir_line=self.loader.line_of("output_dir"),
+            platforms=platforms,
+            state_dir=self.base / self.model.state_dir,
+            callback_listen=parse_listen(self.model.callback.listen)
+            if self.model.callback.listen
+            else None,
         )
+
+    def _platforms(
+        self, each: _AppResolver, apps: tuple[AppConfig | None, ...]
+    ) -> tuple[PlatformConfig, ...]:
+        resolver = _PlatformResolver(
+            self.loader, self.model, self.env, secrets=self.secrets, problems=self.problems
+        )
+        found = [resolver.platform(i, p) for i, p in enumerate(self.model.platforms)]
+        taken = {n.name for n in each.named.values()}  # an app's files are output_dir/<name>
+        seen: set[str] = set()
+        for i, model in enumerate(self.model.platforms):
+            if model.name in taken or model.name in seen:
+                self._fail(
+                    f"platforms[{i}].name",
+                    f"{model.name!r} is already the name of an app or another platform",
+                    "give each platform its own name: its tokens go in output_dir/<name>/",
+                )
+            seen.add(model.name)
+        return tuple(p for p in found if p is not None)
 
     def _retry(self) -> None:
         retry = self.model.retry

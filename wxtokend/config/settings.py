@@ -17,6 +17,7 @@ from wxtokend.fleet import FleetSettings
 from wxtokend.redact import Secret
 
 __all__ = [
+    "COMPONENT_FILE",
     "DEFAULT_API_BASE",
     "DEFAULT_WECOM_API_BASE",
     "OUTPUT_DIR_MODE",
@@ -26,6 +27,7 @@ __all__ = [
     "Config",
     "Grant",
     "GrantChoice",
+    "PlatformConfig",
     "Ticket",
 ]
 
@@ -68,6 +70,39 @@ class AppConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlatformConfig:
+    """An Open Platform third-party platform (第三方平台), its secrets already read.
+
+    Its component token and each authorizer's token are files under
+    ``output_dir/<name>/``; its pushed ticket and the authorizers' refresh tokens
+    are kept in ``state_dir/<name>/``, which consumers cannot read.
+    """
+
+    name: str
+    component_appid: str
+    secret: Secret  # the component_appsecret
+    token: Secret  # the message-crypto Token
+    encoding_aes_key: Secret
+    secret_source: str
+    api_base: str = DEFAULT_API_BASE
+    authorizers: tuple[str, ...] = ()  # expected authorizer appids (refresh tokens come later)
+
+    def component_app(self) -> AppConfig:
+        """The component as the WeChat client sees an app: its appid, secret and api_base."""
+        return AppConfig(
+            appid=self.component_appid,
+            name=COMPONENT_FILE,
+            grant="classic",
+            secret=self.secret,
+            secret_source=self.secret_source,
+            api_base=self.api_base,
+        )
+
+
+COMPONENT_FILE = "component_access_token"  # a file name, not a credential
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdminConfig:
     """Where the admin API listens and how it paces passive refreshes."""
 
@@ -99,6 +134,9 @@ class Config:
     remove_files_on_removal: bool = False
     warnings: tuple[str, ...] = ()
     output_dir_line: int | None = None  # for output_dir_error's message
+    platforms: tuple[PlatformConfig, ...] = ()
+    state_dir: Path = Path("/var/lib/wxtokend")
+    callback_listen: Listen | None = None  # where WeChat's callbacks arrive
 
     def watched_files(self) -> list[Path]:
         """The files whose change should reload the daemon: the config and secret files."""

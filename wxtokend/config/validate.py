@@ -55,10 +55,14 @@ def _valid_settings(loader: _Loader, data: dict[Any, Any], problems: list[str]) 
 def _valid_apps(
     loader: _Loader, data: dict[Any, Any], problems: list[str]
 ) -> list[_AppModel | None]:
+    if "apps" not in data and data.get("platforms"):
+        return []  # a config for third-party platforms only
     if "apps" not in data:
         problems.append(loader.problem("apps", "is required but missing", _FIXES["apps"]))
         return []
     entries = data["apps"]
+    if entries == [] and data.get("platforms"):
+        return []
     if not isinstance(entries, list) or not entries:
         problem = f"must be a list of apps, not {_describe(entries)}" if entries else "is empty"
         problems.append(loader.problem("apps", problem, _FIXES["apps"]))

@@ -60,7 +60,11 @@ class TicketSource(Protocol):
 
 
 class Upstream(TokenSource, TicketSource, Protocol):
-    """Both: what the daemon talks to."""
+    """Both, and any kind's call: what the daemon talks to."""
+
+    async def fetch(
+        self, kind: Kind, app: AppConfig, *, force: bool = False, using: str | None = None
+    ) -> Token: ...
 
 
 class Held(Protocol):

@@ -1,0 +1,71 @@
+"""Third-party platforms (开放平台 第三方平台): each a chain ticket → component → authorizers.
+
+:class:`PlatformSet` is what the daemon holds: every configured
+:class:`~wxtokend.platforms.platform.Platform`, started, run and reported together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from wxtokend.clock import Clock
+from wxtokend.config import Config
+from wxtokend.metrics import Metrics
+from wxtokend.platforms.platform import Platform
+from wxtokend.schedule import Policy, Rng
+
+__all__ = ["Platform", "PlatformSet"]
+
+
+class PlatformSet:
+    """The daemon's platforms, by name."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: Any,
+        clock: Clock,
+        rng: Rng,
+        policy: Policy,
+        semaphore: asyncio.Semaphore,
+        metrics: Metrics,
+    ) -> None:
+        self.platforms = {
+            p.name: Platform(
+                p,
+                daemon_config=config,
+                client=client,
+                clock=clock,
+                rng=rng,
+                policy=policy,
+                semaphore=semaphore,
+                metrics=metrics,
+            )
+            for p in config.platforms
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.platforms)
+
+    def get(self, name: str) -> Platform | None:
+        return self.platforms.get(name)
+
+    def start(self) -> None:
+        for platform in self.platforms.values():
+            platform.start()
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(p.run(), name=f"platform/{name}")
+            for name, p in self.platforms.items()
+        ]
+
+    def readiness(self) -> dict[str, str]:
+        """``platform/<name>``: why it is not ready, for every platform that is not."""
+        return {
+            f"platform/{name}": "; ".join(problems)
+            for name, p in self.platforms.items()
+            if (problems := p.problems())
+        }

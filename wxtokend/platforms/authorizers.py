@@ -1,0 +1,326 @@
+"""Every authorizer of one platform: its refresh token, its token, its plan.
+
+Platforms act for up to hundreds of thousands of accounts, so an authorizer is
+a small slotted entry, not a loop of its own: one scheduler keeps a heap of
+due times and a fixed pool of workers refreshes what is due, each fetch under a
+slot of the daemon's concurrency limit. Rules of one refresh:
+
+- the refresh token WeChat returns is written to the vault *before* anything
+  else (a crash after that loses nothing; before it, the old one still stands,
+  and ``api_get_authorizer_list`` recovers the current one);
+- 61023/61003 mark that authorizer as needing re-authorization: loud, counted,
+  never retried until an ``authorized`` event brings a new code; the others go on;
+- a component token WeChat rejects is reported to the component loop
+  (compare-and-refresh), and the authorizer retries shortly;
+- the token files are replaced only with a newer valid token, never blanked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from wxtokend.clock import Clock
+from wxtokend.credential import Token
+from wxtokend.errors import FetchError, ReauthorizationNeeded, StateFileError, TransientError
+from wxtokend.kinds.base import Dependency
+from wxtokend.kinds.component import (
+    PLATFORM_ERRCODES,
+    authorizer_token_call,
+    parse_token_field,
+    query_auth_call,
+)
+from wxtokend.platforms.calls import Sender
+from wxtokend.platforms.due import DueTimes
+from wxtokend.platforms.vault import Grant, Vault, check_appid, check_secret
+from wxtokend.records import Record
+from wxtokend.schedule import Policy, Rng, refresh_at, retry_at
+from wxtokend.store import TokenStore
+
+__all__ = ["Authorizer", "AuthorizerBook", "count"]
+
+_COMPONENT_REJECTED = (40001, 40014, 42001)
+_NEVER = math.inf
+
+
+@dataclass(slots=True)
+class Authorizer:
+    """One authorizer account: ~200 bytes, so 100,000 of them fit in a few tens of MB."""
+
+    appid: str
+    refresh_token: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    fetched_at: float = 0.0
+    expires_at: float = 0.0
+    next_at: float = 0.0
+    failures: int = 0
+    error: FetchError | None = None
+    unsaved: bool = False  # its refresh token is not in the vault yet (a failed write)
+
+    def valid(self, now: float) -> bool:
+        return self.token is not None and now < self.expires_at
+
+    @property
+    def needs_authorization(self) -> bool:
+        return self.refresh_token is None or isinstance(self.error, ReauthorizationNeeded)
+
+
+class AuthorizerBook:
+    """One platform's authorizers, refreshed by a pool of workers from a heap of due times."""
+
+    def __init__(
+        self,
+        *,
+        sender: Sender,
+        component: Dependency,
+        vault: Vault,
+        store: TokenStore,
+        clock: Clock,
+        rng: Rng,
+        policy: Policy,
+        semaphore: asyncio.Semaphore,
+        log: Any,
+        workers: int = 16,
+    ) -> None:
+        self._send, self._component = sender, component
+        self._vault, self._store = vault, store
+        self._clock, self._rng, self._policy = clock, rng, policy
+        self._semaphore = semaphore
+        self._log = log
+        self.entries: dict[str, Authorizer] = {}
+        self._due = DueTimes(clock=clock, workers=workers)
+        self.refreshes = 0  # upstream refreshes done (for metrics)
+
+    # -- start ------------------------------------------------------------------
+
+    def adopt_stored(self, expected: tuple[str, ...]) -> list[str]:
+        """Load refresh tokens and still-valid token files; problems come back as lines."""
+        grants, problems = self._vault.grants()
+        now = self._clock.now()
+        for grant in grants:
+            entry = Authorizer(appid=grant.appid, refresh_token=grant.refresh_token)
+            self.entries[grant.appid] = entry
+            self._adopt_file(entry, now)
+        for appid in expected:
+            self.entries.setdefault(appid, Authorizer(appid=appid))
+        for entry in self.entries.values():
+            if entry.refresh_token is not None:
+                self._plan(entry, entry.next_at)
+        return problems
+
+    def _adopt_file(self, entry: Authorizer, now: float) -> None:
+        try:
+            record = self._store.load(entry.appid, now=now)
+        except StateFileError:
+            record = None
+        if record is None or record.appid != entry.appid or record.expired:
+            entry.next_at = now
+            return
+        if now >= record.expires_at:
+            entry.next_at = now
+            return
+        entry.token, entry.fetched_at, entry.expires_at = (
+            record.access_token,
+            record.fetched_at,
+            record.expires_at,
+        )
+        entry.next_at = self._refresh_point(entry, now)
+
+    # -- events and sync ---------------------------------------------------------
+
+    async def authorize(self, appid: str, code: str) -> Authorizer:
+        """An ``authorized``/``updateauthorized`` event: trade its code for the tokens."""
+        component = await self._component_token()
+        app = self._send.app
+        body = await self._call(query_auth_call(app, component, code))
+        info = body.get("authorization_info") if isinstance(body, dict) else None
+        if not isinstance(info, dict):
+            raise TransientError("api_query_auth reply has no authorization_info")
+        got = check_appid(info.get("authorizer_appid"))
+        if got != appid:
+            raise TransientError("api_query_auth answered for another authorizer appid")
+        token = parse_token_field(info, "authorizer_access_token", fetched_at=self._clock.now())
+        refresh = check_secret(info.get("authorizer_refresh_token"), "authorizer_refresh_token")
+        entry = self.entries.setdefault(appid, Authorizer(appid=appid))
+        await self._keep(entry, token, refresh)
+        self._log.info("authorizer authorized", authorizer=appid)
+        return entry
+
+    async def adopt_grant(self, appid: str, refresh_token: str) -> bool:
+        """A refresh token from ``api_get_authorizer_list``; True if it was new to us."""
+        entry = self.entries.setdefault(appid, Authorizer(appid=appid))
+        if entry.refresh_token == refresh_token and not entry.needs_authorization:
+            return False
+        grant = Grant(appid=appid, refresh_token=refresh_token, updated_at=self._clock.now())
+        await asyncio.to_thread(self._vault.save_grant, grant)
+        entry.refresh_token, entry.error, entry.failures = refresh_token, None, 0
+        if not entry.valid(self._clock.now()):
+            self._plan(entry, self._clock.now())
+        return True
+
+    async def unauthorize(self, appid: str) -> None:
+        """An ``unauthorized`` event: its tokens are dead; forget them and their files."""
+        entry = self.entries.pop(appid, None)
+        if entry is None:
+            return
+        await asyncio.to_thread(self._vault.remove_grant, appid)
+        await asyncio.to_thread(self._store.remove, appid)
+        self._log.warning(
+            "authorizer unauthorized the platform: its files are removed", authorizer=appid
+        )
+
+    # -- the scheduler ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Refresh what is due, forever; cancel to stop."""
+        await self._due.run(self._refresh_due)
+
+    async def _refresh_due(self, appid: str, at: float) -> None:
+        entry = self.entries.get(appid)
+        # Not due any more: re-planned later meanwhile, and that plan is on the heap too.
+        if entry is not None and entry.next_at <= self._clock.now():
+            await self._refresh(entry)
+
+    def _plan(self, entry: Authorizer, at: float) -> None:
+        entry.next_at = at
+        self._due.plan(entry.appid, at)
+
+    # -- one refresh ---------------------------------------------------------------
+
+    async def _refresh(self, entry: Authorizer) -> None:
+        refresh = entry.refresh_token
+        if refresh is None:
+            return
+        component: str | None = None
+        try:
+            component = await self._component_token()
+            call = authorizer_token_call(self._send.app, component, entry.appid, refresh)
+            fetched_at = self._clock.now()
+            body = await self._call(call)
+            token = parse_token_field(body, "authorizer_access_token", fetched_at=fetched_at)
+            new_refresh = body.get("authorizer_refresh_token") or refresh
+            await self._keep(entry, token, check_secret(new_refresh, "authorizer_refresh_token"))
+        except FetchError as error:
+            await self._failed(entry, error, component)
+
+    async def _keep(self, entry: Authorizer, token: Token, refresh: str) -> None:
+        """The vault first (the refresh token must never be lost), then the token files."""
+        if refresh != entry.refresh_token or entry.unsaved:
+            entry.refresh_token, entry.unsaved = refresh, True  # held in memory, whatever comes
+            grant = Grant(appid=entry.appid, refresh_token=refresh, updated_at=self._clock.now())
+            try:
+                await asyncio.to_thread(self._vault.save_grant, grant)
+                entry.unsaved = False
+            except OSError as exc:
+                self._log.error(
+                    "cannot write a refresh token to state_dir: kept in memory, written with"
+                    " the next refresh",
+                    authorizer=entry.appid,
+                    error=exc.strerror,
+                    fix="make state_dir writable for the user wxtokend runs as",
+                )
+        record = Record.of(
+            token,
+            appid=entry.appid,
+            name=entry.appid,
+            grant="classic",
+            api_base=self._send.app.api_base,
+        )
+        entry.token, entry.fetched_at, entry.expires_at = (
+            token.access_token,
+            token.fetched_at,
+            token.expires_at,
+        )
+        entry.failures, entry.error = 0, None
+        self.refreshes += 1
+        try:
+            await asyncio.to_thread(self._store.save, record)
+        except OSError as exc:
+            self._log.error("cannot write token files", authorizer=entry.appid, error=exc.strerror)
+            self._plan(entry, self._clock.now() + 5.0)  # the token is kept; write it again soon
+            return
+        self._plan(entry, self._refresh_point(entry, self._clock.now()))
+
+    async def _failed(self, entry: Authorizer, error: FetchError, component: str | None) -> None:
+        now = self._clock.now()
+        entry.failures += 1
+        entry.error = error
+        if isinstance(error, ReauthorizationNeeded):
+            entry.next_at = _NEVER
+            self._log.error(
+                "authorizer needs re-authorization: not refreshed until it authorizes again",
+                authorizer=entry.appid,
+                errcode=error.errcode,
+                fix=error.fix,
+            )
+            return
+        if error.errcode in _COMPONENT_REJECTED and component is not None:
+            await self._component.report_rejected(token=component, allow_force=False, internal=True)
+        valid_until = entry.expires_at if entry.valid(now) else None
+        at = retry_at(
+            now=now,
+            error=error,
+            attempt=entry.failures,
+            rng=self._rng,
+            policy=self._policy,
+            expires_at=valid_until,
+        )
+        self._log.warning(
+            "authorizer refresh failed",
+            authorizer=entry.appid,
+            outcome=error.outcome,
+            errcode=error.errcode,
+            error=str(error),
+            attempt=entry.failures,
+        )
+        self._plan(entry, at)
+
+    async def _component_token(self) -> str:
+        component = self._component
+        if not component.has_valid_token():
+            await component.until_valid(60.0)
+        record = component.record
+        if record is None or not component.has_valid_token():
+            raise TransientError("no valid component_access_token yet")
+        token: str = record.access_token
+        return token
+
+    async def _call(self, call: Any) -> Any:
+        async with self._semaphore:
+            return await self._send.send(call, PLATFORM_ERRCODES)
+
+    def _refresh_point(self, entry: Authorizer, now: float) -> float:
+        # Spread over the lifetime's renewal window by the jitter: no herd at one mark.
+        return refresh_at(
+            now=now,
+            fetched_at=entry.fetched_at,
+            expires_at=entry.expires_at,
+            grant="classic",
+            rng=self._rng,
+            policy=self._policy,
+        )
+
+    # -- what the daemon reports ---------------------------------------------------
+
+    def __iter__(self) -> Iterator[Authorizer]:
+        return iter(self.entries.values())
+
+    def counts(self) -> dict[str, int]:
+        return count(self.entries.values(), self._clock.now())
+
+
+def count(entries: Iterable[Authorizer], now: float) -> dict[str, int]:
+    """How many authorizers are valid, need authorization, or wait for their first token."""
+    valid = reauth = pending = total = 0
+    for entry in entries:
+        total += 1
+        if entry.needs_authorization:
+            reauth += 1
+        elif entry.valid(now):
+            valid += 1
+        else:
+            pending += 1
+    return {"total": total, "valid": valid, "needs_authorization": reauth, "pending": pending}

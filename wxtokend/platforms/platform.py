@@ -1,0 +1,199 @@
+"""One third-party platform, wired: its pushed ticket, component token and authorizers.
+
+The chain WeChat imposes, each link a part: the ``component_verify_ticket`` WeChat
+pushes (:class:`~wxtokend.platforms.verify.VerifyTicket`) → the component token
+(a plain :class:`~wxtokend.refresher.Refresher` of the component kind, depending
+on the ticket) → every authorizer's token (:class:`~wxtokend.platforms.authorizers.
+AuthorizerBook`, with the refresh tokens in the :class:`~wxtokend.platforms.vault.Vault`).
+Events from the callback (tickets, authorizations) arrive at :meth:`Platform.deliver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from wxtokend.callback.crypto import MessageCrypto
+from wxtokend.clock import Clock
+from wxtokend.config import Config, PlatformConfig
+from wxtokend.errors import FetchError, StateFileError
+from wxtokend.kinds.component import COMPONENT_TOKEN
+from wxtokend.logs import REDACTOR, get_logger
+from wxtokend.metrics import Metrics
+from wxtokend.platforms.authorizers import AuthorizerBook
+from wxtokend.platforms.calls import LIST_PAGE, Sender, WireClient
+from wxtokend.platforms.vault import PushedTicket, Vault
+from wxtokend.platforms.verify import VerifyTicket
+from wxtokend.refresher import Refresher
+from wxtokend.schedule import Policy, Rng
+from wxtokend.store import TokenStore
+
+__all__ = ["Platform"]
+
+
+class Platform:
+    """A platform's parts, started and run together."""
+
+    def __init__(
+        self,
+        config: PlatformConfig,
+        *,
+        daemon_config: Config,
+        client: Any,
+        clock: Clock,
+        rng: Rng,
+        policy: Policy,
+        semaphore: asyncio.Semaphore,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._clock = clock
+        self._log = get_logger(platform=config.name, component_appid=config.component_appid)
+        self.store = TokenStore(
+            directory=daemon_config.output_dir / config.name,
+            file_mode=daemon_config.file_mode,
+            gid=daemon_config.file_gid,
+        )
+        self.vault = Vault(Path(daemon_config.state_dir) / config.name)
+        self.ticket = VerifyTicket(
+            self.vault,
+            name=config.name,
+            component_appid=config.component_appid,
+            clock=clock,
+            log=self._log,
+        )
+        app = config.component_app()
+        self.component = Refresher(
+            app,
+            source=client,
+            store=self.store,
+            clock=clock,
+            rng=rng,
+            policy=policy,
+            semaphore=semaphore,
+            metrics=metrics,
+            kind=COMPONENT_TOKEN,
+            dependency=self.ticket,
+        )
+        wire: WireClient = client
+        self.sender = Sender(wire, app)
+        self.book = AuthorizerBook(
+            sender=self.sender,
+            component=self.component,
+            vault=self.vault,
+            store=self.store,
+            clock=clock,
+            rng=rng,
+            policy=policy,
+            semaphore=semaphore,
+            log=self._log,
+            workers=daemon_config.max_concurrency,
+        )
+        self.crypto = MessageCrypto(
+            token=config.token.reveal(),
+            encoding_aes_key=config.encoding_aes_key.reveal(),
+            receiver_id=config.component_appid,
+        )
+        for key, secret in (("secret", config.secret), ("token", config.token)):
+            REDACTOR.register(f"platform-{key}:{config.name}", secret.reveal(), label="<secret>")
+        REDACTOR.register(
+            f"platform-aes:{config.name}", config.encoding_aes_key.reveal(), label="<secret>"
+        )
+        self._fresh_state = False  # no refresh token kept: ask WeChat for the list at start
+
+    def start(self) -> None:
+        """Prepare both directories, and adopt what an earlier run left (no upstream call)."""
+        self.store.ensure_directory()
+        self.store.prepare()
+        self.vault.prepare()
+        try:
+            self.ticket.load()
+        except StateFileError as exc:
+            self._log.warning(
+                "kept ticket ignored", reason=str(exc), fix="the next push replaces it"
+            )
+        self.component.adopt_stored()
+        problems = self.book.adopt_stored(self.config.authorizers)
+        for problem in problems:
+            self._log.error("refresh token file refused", reason=problem)
+        self._fresh_state = not any(e.refresh_token for e in self.book)
+
+    async def run(self) -> None:
+        """The component loop, the authorizers, and the list sync a fresh state needs."""
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.component.run(), name=f"{self.name}/component"),
+            asyncio.create_task(self.book.run(), name=f"{self.name}/authorizers"),
+        ]
+        if self._fresh_state:
+            tasks.append(asyncio.create_task(self.sync(), name=f"{self.name}/sync"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def sync(self) -> int:
+        """Recover every authorized account's refresh token from ``api_get_authorizer_list``."""
+        while True:
+            await self.component.until_valid(None)
+            try:
+                return await self._sync_once()
+            except FetchError as exc:
+                self._log.warning("api_get_authorizer_list failed; retrying", error=str(exc))
+                await self._clock.sleep(30.0)
+
+    async def _sync_once(self) -> int:
+        record = self.component.record
+        assert record is not None
+        offset, added, total = 0, 0, 1
+        while offset < total:
+            total, page = await self.sender.authorizer_page(record.access_token, offset)
+            for appid, refresh in page:
+                added += await self.book.adopt_grant(appid, refresh)
+            if not page:
+                break
+            offset += LIST_PAGE
+        self._log.info("authorizer list synced", authorizers=total, new_refresh_tokens=added)
+        return added
+
+    # -- events from the callback ----------------------------------------------
+
+    async def accept_ticket(self, ticket: str, created_at: float) -> None:
+        pushed = PushedTicket(ticket=ticket, created_at=created_at)
+        if await asyncio.to_thread(self.ticket.accept, pushed):
+            self._log.info("component_verify_ticket received")
+
+    async def authorized(self, appid: str, code: str) -> None:
+        try:
+            await self.book.authorize(appid, code)
+        except FetchError as exc:
+            self._log.error(
+                "authorization could not be completed",
+                authorizer=appid,
+                error=str(exc),
+                hint=exc.hint or None,
+            )
+
+    async def unauthorized(self, appid: str) -> None:
+        await self.book.unauthorize(appid)
+
+    # -- status ----------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """What keeps this platform from being ready, one line each."""
+        found = []
+        if not self.component.has_valid_token():
+            status = self.component.status()
+            found.append(f"component token: {status.last_error or 'not fetched yet'}")
+        counts = self.book.counts()
+        if counts["needs_authorization"]:
+            found.append(
+                f"{counts['needs_authorization']} authorizer(s) need re-authorization"
+                " (their refresh token is invalid or unknown)"
+            )
+        if counts["pending"]:
+            found.append(f"{counts['pending']} authorizer token(s) not fetched yet")
+        return found
