@@ -235,13 +235,13 @@ class AuthorizerBook:
             token.expires_at,
         )
         entry.failures, entry.error = 0, None
-        self.refreshes += 1
         try:
             await asyncio.to_thread(self._store.save, record)
         except OSError as exc:
             self._log.error("cannot write token files", authorizer=entry.appid, error=exc.strerror)
             self._plan(entry, self._clock.now() + 5.0)  # the token is kept; write it again soon
             return
+        self.refreshes += 1
         self._plan(entry, self._refresh_point(entry, self._clock.now()))
 
     async def _failed(self, entry: Authorizer, error: FetchError, component: str | None) -> None:

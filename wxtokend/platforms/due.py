@@ -19,8 +19,6 @@ from wxtokend.clock import Clock
 
 __all__ = ["DueTimes"]
 
-_IDLE = 3600.0  # seconds to sleep with nothing planned (a plan wakes it sooner)
-
 
 class DueTimes:
     """A heap of (time, key), worked off by a pool."""
@@ -67,8 +65,10 @@ class DueTimes:
 
     async def _sleep(self) -> None:
         self._wake.clear()
-        wait = self._heap[0][0] - self._clock.now() if self._heap else _IDLE
-        await self._clock.wait(self._wake, max(0.0, wait))
+        if not self._heap:
+            await self._wake.wait()  # nothing planned: the next plan wakes it
+            return
+        await self._clock.wait(self._wake, max(0.0, self._heap[0][0] - self._clock.now()))
 
     async def _worker(self, work: Callable[[str, float], Awaitable[None]]) -> None:
         while True:
