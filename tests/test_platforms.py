@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fakes import T0, VirtualClock
+
 from wxtokend import logs
 from wxtokend.config import AppConfig
 from wxtokend.errcodes import Errcode, error_for
@@ -164,7 +164,8 @@ class TestVault:
         assert [(g.appid, g.refresh_token) for g in grants] == [(A1, "REFRESH_1")]
         assert problems == []
         ticket = vault.load_ticket()
-        assert ticket is not None and ticket.ticket == "TICKET_1"
+        assert ticket is not None
+        assert ticket.ticket == "TICKET_1"
 
     @pytest.mark.parametrize(
         "content",
@@ -183,7 +184,8 @@ class TestVault:
         (vault.directory / "authorizers" / f"{A1}.json").write_bytes(content)
         grants, problems = vault.grants()
         assert grants == []
-        assert len(problems) == 1 and f"{A1}.json" in problems[0]
+        assert len(problems) == 1
+        assert f"{A1}.json" in problems[0]
         assert "has space" not in problems[0]
 
     def test_a_bad_ticket_file_is_a_state_file_error(self, tmp_path: Path) -> None:
@@ -217,7 +219,8 @@ class TestDueTimes:
             await task
         assert [k for k, _ in seen[:2]] == ["a", "b"]
         assert "c" not in {k for k, _ in seen}
-        assert seen[0][1] >= T0 + 10 and seen[1][1] >= T0 + 20
+        assert seen[0][1] >= T0 + 10
+        assert seen[1][1] >= T0 + 20
 
 
 @pytest.mark.anyio
@@ -234,7 +237,8 @@ class TestVerifyTicket:
         assert not holder.has_valid_token()
         assert holder.accept(PushedTicket(ticket="T2", created_at=T0))
         assert not holder.accept(PushedTicket(ticket="T1", created_at=T0 - 600))  # older
-        assert holder.has_valid_token() and holder.record is not None
+        assert holder.has_valid_token()
+        assert holder.record is not None
         assert holder.record.access_token == "T2"
         await holder.report_rejected(token="T2", internal=True)
         assert not holder.has_valid_token()
@@ -242,7 +246,8 @@ class TestVerifyTicket:
         assert holder.has_valid_token()
         again = VerifyTicket(vault, name="agency", component_appid=COMPONENT, clock=clock, log=None)
         again.load()
-        assert again.record is not None and again.record.access_token == "T3"
+        assert again.record is not None
+        assert again.record.access_token == "T3"
         clock.t += 13 * 3600
         assert not again.has_valid_token()  # about 12 hours
 
@@ -272,7 +277,8 @@ class TestAuthorizerBook:
         grants, _ = vault.grants()
         assert grants[0].refresh_token == f"REFRESH_{A1}_{book.refreshes}"
         record = store.load(A1, now=clock.now())
-        assert record is not None and record.access_token == f"AUTH_TOKEN_{A1}_{book.refreshes}"
+        assert record is not None
+        assert record.access_token == f"AUTH_TOKEN_{A1}_{book.refreshes}"
         gaps = [b - a for a, b in zip(wire.times, wire.times[1:], strict=False)]
         assert all(gap >= 0.75 * 7200 for gap in gaps)  # ahead of expiry, not a storm
         sent = [c[1]["authorizer_refresh_token"] for c in wire.calls]
@@ -295,7 +301,8 @@ class TestAuthorizerBook:
         await _run_until(book, lambda: min(calls_for_each().count(a) for a in (A1, A3)) >= 4)
         calls_for = calls_for_each()
         assert calls_for.count(A2) == 1  # refused once, never retried
-        assert calls_for.count(A1) >= 4 and calls_for.count(A3) >= 4
+        assert calls_for.count(A1) >= 4
+        assert calls_for.count(A3) >= 4
         assert isinstance(book.entries[A2].error, ReauthorizationNeeded)
         assert book.counts() == {"total": 3, "valid": 2, "needs_authorization": 1, "pending": 0}
         assert "needs re-authorization" in log_stream.getvalue()
@@ -350,4 +357,5 @@ class TestErrcodes:
         assert row.fix.strip()
         error = error_for(errcode, "msg", _app(), PLATFORM_ERRCODES)
         assert error.errcode == errcode
-        assert ("SECRET" not in str(error)) and error.hint
+        assert "SECRET" not in str(error)
+        assert error.hint
