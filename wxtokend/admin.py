@@ -18,13 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from wxtokend.clock import iso
 from wxtokend.config import AppConfig, Ticket
 from wxtokend.guard import DEFAULT_BODY_LIMIT, BadBody, RequestGuard, json_object
 from wxtokend.jssdk import jssdk_config
 from wxtokend.metrics import CONTENT_TYPE
+from wxtokend.platform_api import platform_routes
 from wxtokend.sdk import sdk_routes
-from wxtokend.status import AppStatus, Passive
+from wxtokend.status import Passive, describe
 
 if TYPE_CHECKING:
     from wxtokend.service import Service
@@ -49,27 +49,6 @@ _PASSIVE_STATUS = {
 }
 
 
-def describe(status: AppStatus, now: float) -> dict[str, Any]:
-    """An app's status as JSON, with readable times and no token."""
-    data: dict[str, Any] = {
-        "name": status.name,
-        "appid": status.appid,
-        "grant": status.grant,
-        "state": status.state,
-        "fingerprint": status.fingerprint,
-        "expires_at": status.expires_at,
-        "expires_in": int(status.expires_at - now) if status.expires_at else None,
-        "next_refresh": round(status.next_refresh, 3),
-        "consecutive_failures": status.consecutive_failures,
-        "last_error": status.last_error,
-        "hint": status.hint,
-    }
-    if status.expires_at is not None:
-        data["expires_at_iso"] = iso(status.expires_at)
-    data["next_refresh_iso"] = iso(status.next_refresh)
-    return data
-
-
 # What an SDK's stable_token body needs is ~120 bytes; the admin's JSON bodies, a URL or a token.
 _SDK_BODY_LIMIT = 4 * 1024
 _PROBE_PATHS = "/healthz, /readyz, /metrics"
@@ -80,7 +59,12 @@ def probe_app(daemon: Service) -> Starlette:
 
 
 def admin_app(daemon: Service) -> Starlette:
-    routes = [*_probe_routes(daemon), *_api_routes(daemon), *sdk_routes(daemon)]
+    routes = [
+        *_probe_routes(daemon),
+        *_api_routes(daemon),
+        *platform_routes(daemon),
+        *sdk_routes(daemon),
+    ]
     return _hardened(routes, f"use {_PROBE_PATHS}, /v1/apps or the SDK's /cgi-bin/ paths")
 
 

@@ -45,6 +45,7 @@ class Holding:
         "last_error",
         "next_at",
         "record",
+        "stem",
         "waiting_for_token",
     )
 
@@ -56,8 +57,10 @@ class Holding:
         clock: Clock,
         files: Files,
         dependency: Dependency | None,
+        stem: str | None = None,
     ) -> None:
         self.app = app
+        self.stem = stem or app.name  # its files' name: the app's, unless told otherwise
         self.credential_kind = kind
         self.kind = kind.name  # what the store calls its files
         self._clock = clock

@@ -51,13 +51,14 @@ class Outcomes(Holding):
         clock: Clock,
         files: Files,
         dependency: Dependency | None,
+        stem: str | None,
         rng: Rng,
         policy: Policy,
         metrics: Metrics,
         log: Any,
         obtain: Strategy,
     ) -> None:
-        super().__init__(app, kind, clock=clock, files=files, dependency=dependency)
+        super().__init__(app, kind, clock=clock, files=files, dependency=dependency, stem=stem)
         self._rng, self._policy = rng, policy
         self._metrics, self._log = metrics, log
         self._obtain = obtain
@@ -80,7 +81,7 @@ class Outcomes(Holding):
         ``refetch``: serve it, but fetch a new one at once (a reload changed the secret).
         """
         now = self._clock.now()
-        record = self._files.stored(self.app, self.kind, now=now)
+        record = self._files.stored(self.app, self.kind, now=now, name=self.stem)
         if record is None or record.expired or now >= record.expires_at:
             return False
         self._hold(record, record.expires_at - now)
@@ -130,7 +131,7 @@ class Outcomes(Holding):
         record = Record.of(
             token,
             appid=self.app.appid,
-            name=self.app.name,
+            name=self.stem,
             grant=self.app.grant,
             api_base=self.app.api_base,
             kind=self.kind,

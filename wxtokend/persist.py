@@ -98,10 +98,10 @@ class Files:
         self._saved(record)
         return True
 
-    def stored(self, app: AppConfig, kind: str, *, now: float) -> Record | None:
-        """What an earlier run left for ``app``'s ``kind``, if it may be served as this app's."""
+    def stored(self, app: AppConfig, kind: str, *, now: float, name: str) -> Record | None:
+        """What an earlier run left as ``name``'s ``kind``, if it may be served as ``app``'s."""
         try:
-            record = self._store.load(app.name, kind, now=now)
+            record = self._store.load(name, kind, now=now)
         except StateFileError as exc:
             self._metrics.rejected("state_file")
             self._log.warning("state file ignored", reason=str(exc), fix="it will be replaced")
@@ -110,7 +110,7 @@ class Files:
             return None
         if record.appid != app.appid:
             # Another account's token must not be served under this app's name.
-            self._store.remove(app.name, (kind,))
+            self._store.remove(name, (kind,))
             self._log.warning(
                 "state file removed",
                 reason=f"it holds a token of appid {record.appid}, not {app.appid}",

@@ -89,6 +89,7 @@ class Refresher(Outcomes):
         on_written: Callable[[], None] | None = None,
         kind: Kind | None = None,
         dependency: Dependency | None = None,
+        stem: str | None = None,
     ) -> None:
         kind = kind or token_kind(app)
         metrics = metrics or Metrics()
@@ -101,6 +102,7 @@ class Refresher(Outcomes):
             clock=clock,
             files=files,
             dependency=dependency,
+            stem=stem,
             rng=rng,
             policy=policy,
             metrics=metrics,

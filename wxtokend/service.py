@@ -11,7 +11,7 @@ daemon needs of a bound listener it runs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from wxtokend.clock import Clock
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from wxtokend.status import AppStatus, Passive
     from wxtokend.store import Record
 
-__all__ = ["FleetState", "Listener", "Loop", "Service"]
+__all__ = ["FleetState", "Listener", "Loop", "PlatformView", "Platforms", "Service"]
 
 
 class Loop(Protocol):
@@ -50,6 +50,22 @@ class Loop(Protocol):
     ) -> Passive: ...
 
 
+class PlatformView(Protocol):
+    """A third-party platform as the admin API shows it (never a token)."""
+
+    def summary(self, now: float) -> dict[str, Any]: ...
+
+    def page(self, offset: int, limit: int, now: float) -> dict[str, Any]: ...
+
+
+class Platforms(Protocol):
+    """The daemon's platforms, by name."""
+
+    def get(self, name: str) -> PlatformView | None: ...
+
+    def names(self) -> list[str]: ...
+
+
 class FleetState(Protocol):
     """Whether the fleet's Redis answers, and if not, why."""
 
@@ -77,6 +93,9 @@ class Service(Protocol):
 
     @property
     def refreshers(self) -> Mapping[str, Loop]: ...
+
+    @property
+    def platforms(self) -> Platforms: ...
 
     @property
     def tickets(self) -> Mapping[str, Mapping[str, Loop]]: ...

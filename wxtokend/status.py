@@ -7,9 +7,11 @@ logs and the CLI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["AppStatus", "Passive", "PassiveResult", "State", "stuck_reason"]
+from wxtokend.clock import iso
+
+__all__ = ["AppStatus", "Passive", "PassiveResult", "State", "describe", "stuck_reason"]
 
 State = Literal["pending", "ok", "failing", "expired"]
 PassiveResult = Literal[
@@ -65,3 +67,24 @@ def stuck_reason(
     if busy_since is None and wake_due is not None and mono - wake_due > _STUCK_AFTER:
         return f"its wake-up is {int(mono - wake_due)} s overdue"
     return None
+
+
+def describe(status: AppStatus, now: float) -> dict[str, Any]:
+    """An app's status as JSON, with readable times and no token."""
+    data: dict[str, Any] = {
+        "name": status.name,
+        "appid": status.appid,
+        "grant": status.grant,
+        "state": status.state,
+        "fingerprint": status.fingerprint,
+        "expires_at": status.expires_at,
+        "expires_in": int(status.expires_at - now) if status.expires_at else None,
+        "next_refresh": round(status.next_refresh, 3),
+        "consecutive_failures": status.consecutive_failures,
+        "last_error": status.last_error,
+        "hint": status.hint,
+    }
+    if status.expires_at is not None:
+        data["expires_at_iso"] = iso(status.expires_at)
+    data["next_refresh_iso"] = iso(status.next_refresh)
+    return data

@@ -29,6 +29,7 @@ from wxtokend.config.cost import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_CONFIG_
 from wxtokend.config.load import load_config
 from wxtokend.config.models import json_schema, parse_duration
 from wxtokend.config.settings import (
+    COMPONENT_FILE,
     DEFAULT_API_BASE,
     DEFAULT_WECOM_API_BASE,
     OUTPUT_DIR_MODE,
@@ -43,6 +44,7 @@ from wxtokend.config.settings import (
 )
 
 __all__ = [
+    "COMPONENT_FILE",
     "DEFAULT_API_BASE",
     "DEFAULT_WECOM_API_BASE",
     "MAX_CONFIG_BYTES",

@@ -91,7 +91,8 @@ class PlatformConfig:
         """The component as the WeChat client sees an app: its appid, secret and api_base."""
         return AppConfig(
             appid=self.component_appid,
-            name=COMPONENT_FILE,
+            # Its label in logs and metrics; its files are COMPONENT_FILE in the platform's dir.
+            name=f"{self.name}/component",
             grant="classic",
             secret=self.secret,
             secret_source=self.secret_source,

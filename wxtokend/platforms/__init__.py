@@ -52,6 +52,9 @@ class PlatformSet:
     def get(self, name: str) -> Platform | None:
         return self.platforms.get(name)
 
+    def names(self) -> list[str]:
+        return list(self.platforms)
+
     def start(self) -> None:
         for platform in self.platforms.values():
             platform.start()

@@ -16,7 +16,7 @@ from typing import Any
 
 from wxtokend.callback.crypto import MessageCrypto
 from wxtokend.clock import Clock
-from wxtokend.config import Config, PlatformConfig
+from wxtokend.config import COMPONENT_FILE, Config, PlatformConfig
 from wxtokend.errors import FetchError, StateFileError
 from wxtokend.kinds.component import COMPONENT_TOKEN
 from wxtokend.logs import REDACTOR, get_logger
@@ -25,8 +25,10 @@ from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.calls import LIST_PAGE, Sender, WireClient
 from wxtokend.platforms.vault import PushedTicket, Vault
 from wxtokend.platforms.verify import VerifyTicket
+from wxtokend.redact import fingerprint
 from wxtokend.refresher import Refresher
 from wxtokend.schedule import Policy, Rng
+from wxtokend.status import describe
 from wxtokend.store import TokenStore
 
 __all__ = ["Platform"]
@@ -76,6 +78,7 @@ class Platform:
             metrics=metrics,
             kind=COMPONENT_TOKEN,
             dependency=self.ticket,
+            stem=COMPONENT_FILE,
         )
         wire: WireClient = client
         self.sender = Sender(wire, app)
@@ -181,6 +184,35 @@ class Platform:
         await self.book.unauthorize(appid)
 
     # -- status ----------------------------------------------------------------
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """For ``/v1/platforms``: the component token and the authorizers' counts."""
+        return {
+            "name": self.name,
+            "component_appid": self.config.component_appid,
+            "component": describe(self.component.status(), now),
+            "verify_ticket": describe(self.ticket.status(), now),
+            "authorizers": self.book.counts(),
+            "problems": self.problems(),
+        }
+
+    def page(self, offset: int, limit: int, now: float) -> dict[str, Any]:
+        """For ``/v1/platforms/<name>/authorizers``: one page, in the order they came."""
+        entries = list(self.book.entries.values())
+        rows = [
+            {
+                "appid": e.appid,
+                "state": "needs_authorization"
+                if e.needs_authorization
+                else ("ok" if e.valid(now) else "pending"),
+                "expires_at": int(e.expires_at) if e.token else None,
+                "fingerprint": fingerprint(e.token) if e.token else None,
+                "error": str(e.error) if e.error else None,
+                "hint": e.error.hint if e.error else None,
+            }
+            for e in entries[offset : offset + limit]
+        ]
+        return {"total": len(entries), "offset": offset, "authorizers": rows}
 
     def problems(self) -> list[str]:
         """What keeps this platform from being ready, one line each."""
