@@ -24,6 +24,7 @@ from wxtokend.jssdk import jssdk_config
 from wxtokend.metrics import CONTENT_TYPE
 from wxtokend.platform_api import platform_routes
 from wxtokend.sdk import sdk_routes
+from wxtokend.sdk_platform import platform_sdk_routes
 from wxtokend.status import Passive, describe
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def admin_app(daemon: Service) -> Starlette:
         *_api_routes(daemon),
         *platform_routes(daemon),
         *sdk_routes(daemon),
+        *platform_sdk_routes(daemon),
     ]
     return _hardened(routes, f"use {_PROBE_PATHS}, /v1/apps or the SDK's /cgi-bin/ paths")
 

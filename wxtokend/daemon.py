@@ -154,6 +154,7 @@ class Daemon:
 
     def update_gauges(self) -> None:
         readiness.update_gauges(self.metrics, self.refreshers, self.readiness(), self.fleet)
+        self.platforms.update_gauges(self.metrics)
 
     def status_line(self) -> str:
         """One line for ``systemctl status``."""

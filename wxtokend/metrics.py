@@ -99,6 +99,19 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self._authorizers = Gauge(
+            "wxtokend_platform_authorizers",
+            "Authorizers of a third-party platform by state: ok, pending, needs_authorization"
+            " (61023: its administrator must authorize again).",
+            ["platform", "state"],
+            registry=r,
+        )
+        self._authorizer_refresh = Counter(
+            "wxtokend_platform_authorizer_refreshes",
+            "Authorizer token refreshes of a platform by outcome (no per-authorizer label).",
+            ["platform", "outcome"],
+            registry=r,
+        )
         self._fleet_up = Gauge(
             "wxtokend_fleet_redis_up", "1 while the fleet's Redis answers, else 0.", registry=r
         )
@@ -144,6 +157,14 @@ class Metrics:
     def apps(self, *, configured: int, ready: int) -> None:
         self._apps.set(configured)
         self._ready.set(ready)
+
+    def authorizers(self, platform: str, counts: dict[str, int]) -> None:
+        self._authorizers.labels(platform, "ok").set(counts["valid"])
+        self._authorizers.labels(platform, "pending").set(counts["pending"])
+        self._authorizers.labels(platform, "needs_authorization").set(counts["needs_authorization"])
+
+    def authorizer_refresh(self, platform: str, outcome: str) -> None:
+        self._authorizer_refresh.labels(platform, outcome).inc()
 
     def fleet_up(self, up: bool) -> None:
         self._fleet_up.set(1 if up else 0)

@@ -57,6 +57,16 @@ class PlatformView(Protocol):
 
     def page(self, offset: int, limit: int, now: float) -> dict[str, Any]: ...
 
+    def secret_matches(self, given: str) -> bool: ...
+
+    def component_token(self, now: float) -> tuple[str, int] | None:
+        """The component token and its expires_in, if it is valid."""
+        ...
+
+    def authorizer_token(self, appid: str, now: float) -> tuple[str, int] | int:
+        """An authorizer's token and its expires_in, or the errcode to answer instead."""
+        ...
+
 
 class Platforms(Protocol):
     """The daemon's platforms, by name."""
@@ -64,6 +74,8 @@ class Platforms(Protocol):
     def get(self, name: str) -> PlatformView | None: ...
 
     def names(self) -> list[str]: ...
+
+    def by_component(self, component_appid: str) -> PlatformView | None: ...
 
 
 class FleetState(Protocol):

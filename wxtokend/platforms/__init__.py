@@ -55,6 +55,12 @@ class PlatformSet:
     def names(self) -> list[str]:
         return list(self.platforms)
 
+    def by_component(self, component_appid: str) -> Platform | None:
+        return next(
+            (p for p in self.platforms.values() if p.config.component_appid == component_appid),
+            None,
+        )
+
     def start(self) -> None:
         for platform in self.platforms.values():
             platform.start()
@@ -64,6 +70,10 @@ class PlatformSet:
             asyncio.create_task(p.run(), name=f"platform/{name}")
             for name, p in self.platforms.items()
         ]
+
+    def update_gauges(self, metrics: Metrics) -> None:
+        for name, platform in self.platforms.items():
+            metrics.authorizers(name, platform.book.counts())
 
     def readiness(self) -> dict[str, str]:
         """``platform/<name>``: why it is not ready, for every platform that is not."""

@@ -84,12 +84,14 @@ class AuthorizerBook:
         semaphore: asyncio.Semaphore,
         log: Any,
         workers: int = 16,
+        on_outcome: Any = None,
     ) -> None:
         self._send, self._component = sender, component
         self._vault, self._store = vault, store
         self._clock, self._rng, self._policy = clock, rng, policy
         self._semaphore = semaphore
         self._log = log
+        self._on_outcome = on_outcome or (lambda outcome: None)  # counts by outcome, for metrics
         self.entries: dict[str, Authorizer] = {}
         self._due = DueTimes(clock=clock, workers=workers)
         self.refreshes = 0  # upstream refreshes done (for metrics)
@@ -242,12 +244,14 @@ class AuthorizerBook:
             self._plan(entry, self._clock.now() + 5.0)  # the token is kept; write it again soon
             return
         self.refreshes += 1
+        self._on_outcome("ok")
         self._plan(entry, self._refresh_point(entry, self._clock.now()))
 
     async def _failed(self, entry: Authorizer, error: FetchError, component: str | None) -> None:
         now = self._clock.now()
         entry.failures += 1
         entry.error = error
+        self._on_outcome(error.outcome)
         if isinstance(error, ReauthorizationNeeded):
             entry.next_at = _NEVER
             self._log.error(

@@ -11,6 +11,8 @@ Events from the callback (tickets, authorizations) arrive at :meth:`Platform.del
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,7 @@ class Platform:
             semaphore=semaphore,
             log=self._log,
             workers=daemon_config.max_concurrency,
+            on_outcome=lambda outcome: metrics.authorizer_refresh(config.name, outcome),
         )
         self.crypto = MessageCrypto(
             token=config.token.reveal(),
@@ -196,6 +199,23 @@ class Platform:
             "problems": self.problems(),
         }
 
+    def secret_matches(self, given: str) -> bool:
+        return _digest_equal(given, self.config.secret.reveal())
+
+    def component_token(self, now: float) -> tuple[str, int] | None:
+        record = self.component.record
+        if record is None or not self.component.has_valid_token() or record.expires_at - now < 1:
+            return None
+        return record.access_token, int(record.expires_at - now)
+
+    def authorizer_token(self, appid: str, now: float) -> tuple[str, int] | int:
+        entry = self.book.entries.get(appid)
+        if entry is None:
+            return 61003
+        if entry.valid(now) and entry.token is not None and entry.expires_at - now >= 1:
+            return entry.token, int(entry.expires_at - now)
+        return 61023 if entry.needs_authorization else -1
+
     def page(self, offset: int, limit: int, now: float) -> dict[str, Any]:
         """For ``/v1/platforms/<name>/authorizers``: one page, in the order they came."""
         entries = list(self.book.entries.values())
@@ -229,3 +249,9 @@ class Platform:
         if counts["pending"]:
             found.append(f"{counts['pending']} authorizer token(s) not fetched yet")
         return found
+
+
+def _digest_equal(given: str, expected: str) -> bool:
+    """Constant time, over digests: not even the secret's length shows in the timing."""
+    a, b = (hashlib.sha256(s.encode("utf-8", "surrogatepass")).digest() for s in (given, expected))
+    return hmac.compare_digest(a, b)
