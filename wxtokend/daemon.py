@@ -81,15 +81,8 @@ class Daemon:
         self._policy = _policy(config)
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._log = get_logger()
-        self.platforms = PlatformSet(
-            config,
-            client=source,
-            clock=self.clock,
-            rng=self._rng,
-            policy=self._policy,
-            semaphore=self._semaphore,
-            metrics=self.metrics,
-        )
+        parts = (self.clock, self._rng, self._policy, self._semaphore, self.metrics)
+        self.platforms = PlatformSet(config, source, *parts)
         self._wire_parts()
         for app in config.apps:
             self._loopset.add(app)
@@ -150,7 +143,10 @@ class Daemon:
 
     def health(self) -> list[str]:
         """Why the refresh machinery is unhealthy (dead or stuck loops); empty if fine."""
-        return readiness.health(self._tasks, self._loops, fetch_limit=self.config.request_timeout)
+        limit = self.config.request_timeout
+        return (
+            readiness.health(self._tasks, self._loops, fetch_limit=limit) + self.platforms.health()
+        )
 
     def update_gauges(self) -> None:
         readiness.update_gauges(self.metrics, self.refreshers, self.readiness(), self.fleet)

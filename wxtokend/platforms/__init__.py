@@ -24,7 +24,6 @@ class PlatformSet:
     def __init__(
         self,
         config: Config,
-        *,
         client: Any,
         clock: Clock,
         rng: Rng,
@@ -32,6 +31,7 @@ class PlatformSet:
         semaphore: asyncio.Semaphore,
         metrics: Metrics,
     ) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.platforms = {
             p.name: Platform(
                 p,
@@ -66,10 +66,15 @@ class PlatformSet:
             platform.start()
 
     def tasks(self) -> list[asyncio.Task[None]]:
-        return [
-            asyncio.create_task(p.run(), name=f"platform/{name}")
+        self._tasks = {
+            name: asyncio.create_task(p.run(), name=f"platform/{name}")
             for name, p in self.platforms.items()
-        ]
+        }
+        return list(self._tasks.values())
+
+    def health(self) -> list[str]:
+        """A platform whose task stopped is unhealthy (its parts restart themselves)."""
+        return [f"platform/{n}: its task has stopped" for n, t in self._tasks.items() if t.done()]
 
     def update_gauges(self, metrics: Metrics) -> None:
         for name, platform in self.platforms.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,8 @@ class Platform:
     async def run(self) -> None:
         """The component loop, the authorizers, and the list sync a fresh state needs."""
         tasks: list[asyncio.Task[Any]] = [
-            asyncio.create_task(self.component.run(), name=f"{self.name}/component"),
-            asyncio.create_task(self.book.run(), name=f"{self.name}/authorizers"),
+            asyncio.create_task(self._kept(self.component.run), name=f"{self.name}/component"),
+            asyncio.create_task(self._kept(self.book.run), name=f"{self.name}/authorizers"),
         ]
         if self._fresh_state:
             tasks.append(asyncio.create_task(self.sync(), name=f"{self.name}/sync"))
@@ -140,6 +141,17 @@ class Platform:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _kept(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Keep a part running: a bug in one must not stop the platform for good."""
+        while True:
+            try:
+                await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._log.exception("platform loop crashed; restarting")
+                await self._clock.sleep(5.0)
 
     async def sync(self) -> int:
         """Recover every authorized account's refresh token from ``api_get_authorizer_list``."""
@@ -169,8 +181,11 @@ class Platform:
 
     async def accept_ticket(self, ticket: str, created_at: float) -> None:
         pushed = PushedTicket(ticket=ticket, created_at=created_at)
-        if await asyncio.to_thread(self.ticket.accept, pushed):
-            self._log.info("component_verify_ticket received")
+        if not self.ticket.is_news(pushed):
+            return
+        await asyncio.to_thread(self.vault.save_ticket, pushed)  # durable before it is used
+        self.ticket.hold(pushed)
+        self._log.info("component_verify_ticket received")
 
     async def authorized(self, appid: str, code: str) -> None:
         try:

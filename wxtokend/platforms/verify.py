@@ -53,17 +53,25 @@ class VerifyTicket:
         """The ticket kept by an earlier run, if any (a bad file is replaced by the next push)."""
         self._ticket = self._vault.load_ticket()
 
-    def accept(self, ticket: PushedTicket) -> bool:
-        """A pushed ticket: kept (durably first) if it is newer than the one held."""
+    def is_news(self, ticket: PushedTicket) -> bool:
+        """Whether a pushed ticket should replace the one held (newer, or one refused)."""
         held = self._ticket
         if held is not None and ticket.created_at < held.created_at:
             return False
-        if held is not None and held.ticket == ticket.ticket and self._refused is None:
-            return False
-        self._vault.save_ticket(ticket)
+        return held is None or held.ticket != ticket.ticket or self._refused is not None
+
+    def hold(self, ticket: PushedTicket) -> None:
+        """Take ``ticket`` (already saved in the vault) and wake whoever waits for one."""
         self._ticket, self._refused = ticket, None
         arrived, self._arrived = self._arrived, asyncio.Event()
         arrived.set()
+
+    def accept(self, ticket: PushedTicket) -> bool:
+        """A pushed ticket: kept (durably first) if it is news."""
+        if not self.is_news(ticket):
+            return False
+        self._vault.save_ticket(ticket)
+        self.hold(ticket)
         return True
 
     # -- what the component token loop reads (kinds.base.Dependency) ---------
