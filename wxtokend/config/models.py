@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from wxtokend.asgi import parse_listen
-from wxtokend.config.platform_models import _CallbackModel, _PlatformModel
+from wxtokend.config.platform_models import _CallbackModel, _PlatformModel, _SuiteModel
 from wxtokend.config.settings import (
     DEFAULT_API_BASE,
     DEFAULT_WECOM_API_BASE,
@@ -304,6 +304,9 @@ class _SettingsModel(BaseModel):
     platforms: list[_PlatformModel] = Field(
         default_factory=list, description="Open Platform third-party platforms."
     )
+    suites: list[_SuiteModel] = Field(
+        default_factory=list, description="WeCom third-party apps (suites)."
+    )
     state_dir: str = Field(
         "/var/lib/wxtokend",
         description="Private state (mode 0700): platforms' pushed tickets and refresh tokens.",
@@ -322,7 +325,9 @@ class _ConfigModel(_SettingsModel):
     model_config = ConfigDict(
         extra="forbid",
         title="wxtokend configuration",
-        json_schema_extra={"anyOf": [{"required": ["apps"]}, {"required": ["platforms"]}]},
+        json_schema_extra={
+            "anyOf": [{"required": ["apps"]}, {"required": ["platforms"]}, {"required": ["suites"]}]
+        },
     )
 
     apps: list[_AppModel] = Field(
@@ -332,8 +337,8 @@ class _ConfigModel(_SettingsModel):
 
     @model_validator(mode="after")
     def _something_to_keep(self) -> _ConfigModel:
-        if not self.apps and not self.platforms:
-            raise ValueError("list at least one app under apps: (or a platform under platforms:)")
+        if not self.apps and not self.platforms and not self.suites:
+            raise ValueError("list at least one app under apps: (or platforms: or suites:)")
         return self
 
 

@@ -97,16 +97,19 @@ class _Resolver(_Checker):
             self.loader, self.model, self.env, secrets=self.secrets, problems=self.problems
         )
         found = [resolver.platform(i, p) for i, p in enumerate(self.model.platforms)]
+        found += [resolver.suite(i, s) for i, s in enumerate(self.model.suites)]
         taken = {n.name for n in each.named.values()}  # an app's files are output_dir/<name>
         seen: set[str] = set()
-        for i, model in enumerate(self.model.platforms):
-            if model.name in taken or model.name in seen:
+        named = [("platforms", i, p.name) for i, p in enumerate(self.model.platforms)]
+        named += [("suites", i, s.name) for i, s in enumerate(self.model.suites)]
+        for key, i, name in named:
+            if name in taken or name in seen:
                 self._fail(
-                    f"platforms[{i}].name",
-                    f"{model.name!r} is already the name of an app or another platform",
+                    f"{key}[{i}].name",
+                    f"{name!r} is already the name of an app or another platform",
                     "give each platform its own name: its tokens go in output_dir/<name>/",
                 )
-            seen.add(model.name)
+            seen.add(name)
         return tuple(p for p in found if p is not None)
 
     def _retry(self) -> None:

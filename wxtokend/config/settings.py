@@ -86,16 +86,32 @@ class PlatformConfig:
     secret_source: str
     api_base: str = DEFAULT_API_BASE
     authorizers: tuple[str, ...] = ()  # expected authorizer appids (refresh tokens come later)
+    product: Literal["open", "wecom"] = "open"  # wecom: a WeCom suite (component_appid: suite_id)
+    provider_corpid: str | None = None  # WeCom: the provider token's corpid and secret
+    provider_secret: Secret | None = None
 
     def component_app(self) -> AppConfig:
         """The component as the WeChat client sees an app: its appid, secret and api_base."""
         return AppConfig(
             appid=self.component_appid,
             # Its label in logs and metrics; its files are COMPONENT_FILE in the platform's dir.
-            name=f"{self.name}/component",
+            name=f"{self.name}/{'component' if self.product == 'open' else 'suite'}",
             grant="classic",
             secret=self.secret,
             secret_source=self.secret_source,
+            api_base=self.api_base,
+        )
+
+    def provider_app(self) -> AppConfig | None:
+        """A WeCom suite's service provider, as the WeChat client sees an app."""
+        if self.provider_corpid is None or self.provider_secret is None:
+            return None
+        return AppConfig(
+            appid=self.provider_corpid,
+            name=f"{self.name}/provider",
+            grant="classic",
+            secret=self.provider_secret,
+            secret_source="provider_secret",  # noqa: S106  # where it is set, not its value
             api_base=self.api_base,
         )
 

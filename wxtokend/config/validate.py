@@ -55,13 +55,13 @@ def _valid_settings(loader: _Loader, data: dict[Any, Any], problems: list[str]) 
 def _valid_apps(
     loader: _Loader, data: dict[Any, Any], problems: list[str]
 ) -> list[_AppModel | None]:
-    if "apps" not in data and data.get("platforms"):
+    if "apps" not in data and (data.get("platforms") or data.get("suites")):
         return []  # a config for third-party platforms only
     if "apps" not in data:
         problems.append(loader.problem("apps", "is required but missing", _FIXES["apps"]))
         return []
     entries = data["apps"]
-    if entries == [] and data.get("platforms"):
+    if entries == [] and (data.get("platforms") or data.get("suites")):
         return []
     if not isinstance(entries, list) or not entries:
         problem = f"must be a list of apps, not {_describe(entries)}" if entries else "is empty"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,15 +27,10 @@ from wxtokend.clock import Clock
 from wxtokend.credential import Token
 from wxtokend.errors import FetchError, ReauthorizationNeeded, StateFileError, TransientError
 from wxtokend.kinds.base import Dependency
-from wxtokend.kinds.component import (
-    PLATFORM_ERRCODES,
-    authorizer_token_call,
-    parse_token_field,
-    query_auth_call,
-)
 from wxtokend.platforms.calls import Sender
 from wxtokend.platforms.due import DueTimes
-from wxtokend.platforms.vault import Grant, Vault, check_appid, check_secret
+from wxtokend.platforms.products import OPEN_PLATFORM, Product
+from wxtokend.platforms.vault import Grant, Vault
 from wxtokend.records import Record
 from wxtokend.schedule import Policy, Rng, refresh_at, retry_at
 from wxtokend.store import TokenStore
@@ -85,7 +80,9 @@ class AuthorizerBook:
         log: Any,
         workers: int = 16,
         on_outcome: Any = None,
+        product: Product = OPEN_PLATFORM,
     ) -> None:
+        self._product = product
         self._send, self._component = sender, component
         self._vault, self._store = vault, store
         self._clock, self._rng, self._policy = clock, rng, policy
@@ -105,7 +102,8 @@ class AuthorizerBook:
         for grant in grants:
             entry = Authorizer(appid=grant.appid, refresh_token=grant.refresh_token)
             self.entries[grant.appid] = entry
-            self._adopt_file(entry, now)
+            loaded = _load_token(self._store, entry, now)
+            entry.next_at = self._refresh_point(entry, now) if loaded else now
         for appid in expected:
             self.entries.setdefault(appid, Authorizer(appid=appid))
         for entry in self.entries.values():
@@ -113,42 +111,31 @@ class AuthorizerBook:
                 self._plan(entry, entry.next_at)
         return problems
 
-    def _adopt_file(self, entry: Authorizer, now: float) -> None:
-        try:
-            record = self._store.load(entry.appid, now=now)
-        except StateFileError:
-            record = None
-        if record is None or record.appid != entry.appid or record.expired:
-            entry.next_at = now
-            return
-        if now >= record.expires_at:
-            entry.next_at = now
-            return
-        entry.token, entry.fetched_at, entry.expires_at = (
-            record.access_token,
-            record.fetched_at,
-            record.expires_at,
-        )
-        entry.next_at = self._refresh_point(entry, now)
-
     # -- events and sync ---------------------------------------------------------
 
-    async def authorize(self, appid: str, code: str) -> Authorizer:
-        """An ``authorized``/``updateauthorized`` event: trade its code for the tokens."""
-        component = await self._component_token()
-        app = self._send.app
-        body = await self._call(query_auth_call(app, component, code))
-        info = body.get("authorization_info") if isinstance(body, dict) else None
-        if not isinstance(info, dict):
-            raise TransientError("api_query_auth reply has no authorization_info")
-        got = check_appid(info.get("authorizer_appid"))
-        if got != appid:
-            raise TransientError("api_query_auth answered for another authorizer appid")
-        token = parse_token_field(info, "authorizer_access_token", fetched_at=self._clock.now())
-        refresh = check_secret(info.get("authorizer_refresh_token"), "authorizer_refresh_token")
-        entry = self.entries.setdefault(appid, Authorizer(appid=appid))
-        await self._keep(entry, token, refresh)
-        self._log.info("authorizer authorized", authorizer=appid)
+    async def authorize(self, code: str, appid: str | None = None) -> Authorizer:
+        """An authorization event's code traded for the account's grant (and token).
+
+        ``appid``: the account the event named (Open Platform), checked against the reply.
+        """
+        upper = await self._component_token()
+        fetched_at = self._clock.now()
+        body = await self._call(self._product.authorize_call(self._send.app, upper, code))
+        account, token, grant = self._product.read_authorize(body, fetched_at=fetched_at)
+        if appid is not None and account != appid:
+            raise TransientError("the authorization reply is for another account")
+        entry = self.entries.setdefault(account, Authorizer(appid=account))
+        entry.error = None
+        if token is None:  # the reply had the grant only: fetch the token with it now
+            entry.refresh_token = grant
+            await asyncio.to_thread(
+                self._vault.save_grant,
+                Grant(appid=account, refresh_token=grant, updated_at=fetched_at),
+            )
+            self._plan(entry, self._clock.now())
+        else:
+            await self._keep(entry, token, grant)
+        self._log.info("account authorized the platform", authorizer=account)
         return entry
 
     async def adopt_grant(self, appid: str, refresh_token: str) -> bool:
@@ -199,12 +186,11 @@ class AuthorizerBook:
         component: str | None = None
         try:
             component = await self._component_token()
-            call = authorizer_token_call(self._send.app, component, entry.appid, refresh)
+            call = self._product.refresh_call(self._send.app, component, entry.appid, refresh)
             fetched_at = self._clock.now()
             body = await self._call(call)
-            token = parse_token_field(body, "authorizer_access_token", fetched_at=fetched_at)
-            new_refresh = body.get("authorizer_refresh_token") or refresh
-            await self._keep(entry, token, check_secret(new_refresh, "authorizer_refresh_token"))
+            token, grant = self._product.read_refresh(body, refresh, fetched_at=fetched_at)
+            await self._keep(entry, token, grant)
         except FetchError as error:
             await self._failed(entry, error, component)
 
@@ -294,7 +280,7 @@ class AuthorizerBook:
 
     async def _call(self, call: Any) -> Any:
         async with self._semaphore:
-            return await self._send.send(call, PLATFORM_ERRCODES)
+            return await self._send.send(call, self._product.errcodes)
 
     def _refresh_point(self, entry: Authorizer, now: float) -> float:
         # Spread over the lifetime's renewal window by the jitter: no herd at one mark.
@@ -308,9 +294,6 @@ class AuthorizerBook:
         )
 
     # -- what the daemon reports ---------------------------------------------------
-
-    def __iter__(self) -> Iterator[Authorizer]:
-        return iter(self.entries.values())
 
     def counts(self) -> dict[str, int]:
         return count(self.entries.values(), self._clock.now())
@@ -328,3 +311,21 @@ def count(entries: Iterable[Authorizer], now: float) -> dict[str, int]:
         else:
             pending += 1
     return {"total": total, "valid": valid, "needs_authorization": reauth, "pending": pending}
+
+
+def _load_token(store: TokenStore, entry: Authorizer, now: float) -> bool:
+    """Take the still-valid token an earlier run left in ``entry``'s files, if there is one."""
+    try:
+        record = store.load(entry.appid, now=now)
+    except StateFileError:
+        return False
+    if record is None or record.appid != entry.appid or record.expired:
+        return False
+    if now >= record.expires_at:
+        return False
+    entry.token, entry.fetched_at, entry.expires_at = (
+        record.access_token,
+        record.fetched_at,
+        record.expires_at,
+    )
+    return True

@@ -10,7 +10,8 @@ from wxtokend.errcodes import Errcode
 from wxtokend.errors import MalformedResponse
 from wxtokend.kinds.base import Call
 from wxtokend.kinds.component import PLATFORM_ERRCODES, authorizer_list_call
-from wxtokend.platforms.vault import check_appid, check_secret
+from wxtokend.platforms.products import OPEN_PLATFORM
+from wxtokend.platforms.vault import check_secret
 
 __all__ = ["LIST_PAGE", "Sender", "WireClient"]
 
@@ -46,7 +47,7 @@ class Sender:
             if not isinstance(row, dict):
                 raise MalformedResponse("api_get_authorizer_list row is not an object")
             try:
-                appid = check_appid(row.get("authorizer_appid"))
+                appid = OPEN_PLATFORM.check_id(row.get("authorizer_appid"))
                 refresh = check_secret(row.get("refresh_token"), "refresh_token")
             except ValueError as exc:
                 raise MalformedResponse(f"api_get_authorizer_list row refused: {exc}") from None

@@ -19,22 +19,29 @@ from typing import Any
 
 from wxtokend.callback.crypto import MessageCrypto
 from wxtokend.clock import Clock
-from wxtokend.config import COMPONENT_FILE, Config, PlatformConfig
+from wxtokend.config import Config, PlatformConfig
 from wxtokend.errors import FetchError, StateFileError
-from wxtokend.kinds.component import COMPONENT_TOKEN
+from wxtokend.kinds.suite import PROVIDER_TOKEN
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
+from wxtokend.platforms import view
 from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.calls import LIST_PAGE, Sender, WireClient
+from wxtokend.platforms.products import OPEN_PLATFORM, WECOM_SUITE, Product
 from wxtokend.platforms.vault import PushedTicket, Vault
 from wxtokend.platforms.verify import VerifyTicket
-from wxtokend.redact import fingerprint
 from wxtokend.refresher import Refresher
 from wxtokend.schedule import Policy, Rng
-from wxtokend.status import describe
 from wxtokend.store import TokenStore
 
-__all__ = ["Platform"]
+__all__ = ["PROVIDER_FILE", "Platform"]
+
+PROVIDER_FILE = "provider_access_token"  # a file name, not a credential
+
+
+def product_lists(product: Product) -> bool:
+    """Whether the product can list its accounts (the Open Platform can; WeCom cannot)."""
+    return product is OPEN_PLATFORM
 
 
 class Platform:
@@ -62,12 +69,16 @@ class Platform:
             gid=daemon_config.file_gid,
         )
         self.vault = Vault(Path(daemon_config.state_dir) / config.name)
+        product: Product = WECOM_SUITE if config.product == "wecom" else OPEN_PLATFORM
+        self.product = product
         self.ticket = VerifyTicket(
             self.vault,
             name=config.name,
             component_appid=config.component_appid,
             clock=clock,
             log=self._log,
+            lifetime=product.ticket_lifetime,
+            label=product.ticket_name,
         )
         app = config.component_app()
         self.component = Refresher(
@@ -79,10 +90,25 @@ class Platform:
             policy=policy,
             semaphore=semaphore,
             metrics=metrics,
-            kind=COMPONENT_TOKEN,
+            kind=product.upper,
             dependency=self.ticket,
-            stem=COMPONENT_FILE,
+            stem=product.upper_file,
         )
+        provider = config.provider_app()
+        self.provider = None
+        if provider is not None:  # a WeCom provider's token: its secret alone
+            self.provider = Refresher(
+                provider,
+                source=client,
+                store=self.store,
+                clock=clock,
+                rng=rng,
+                policy=policy,
+                semaphore=semaphore,
+                metrics=metrics,
+                kind=PROVIDER_TOKEN,
+                stem=PROVIDER_FILE,
+            )
         wire: WireClient = client
         self.sender = Sender(wire, app)
         self.book = AuthorizerBook(
@@ -97,6 +123,7 @@ class Platform:
             log=self._log,
             workers=daemon_config.max_concurrency,
             on_outcome=lambda outcome: metrics.authorizer_refresh(config.name, outcome),
+            product=product,
         )
         self.crypto = MessageCrypto(
             token=config.token.reveal(),
@@ -122,10 +149,14 @@ class Platform:
                 "kept ticket ignored", reason=str(exc), fix="the next push replaces it"
             )
         self.component.adopt_stored()
+        if self.provider is not None:
+            self.provider.adopt_stored()
         problems = self.book.adopt_stored(self.config.authorizers)
         for problem in problems:
             self._log.error("refresh token file refused", reason=problem)
-        self._fresh_state = not any(e.refresh_token for e in self.book)
+        self._fresh_state = product_lists(self.product) and not any(
+            e.refresh_token for e in self.book.entries.values()
+        )
 
     async def run(self) -> None:
         """The component loop, the authorizers, and the list sync a fresh state needs."""
@@ -133,6 +164,10 @@ class Platform:
             asyncio.create_task(self._kept(self.component.run), name=f"{self.name}/component"),
             asyncio.create_task(self._kept(self.book.run), name=f"{self.name}/authorizers"),
         ]
+        if self.provider is not None:
+            tasks.append(
+                asyncio.create_task(self._kept(self.provider.run), name=f"{self.name}/provider")
+            )
         if self._fresh_state:
             tasks.append(asyncio.create_task(self.sync(), name=f"{self.name}/sync"))
         try:
@@ -189,7 +224,7 @@ class Platform:
 
     async def authorized(self, appid: str, code: str) -> None:
         try:
-            await self.book.authorize(appid, code)
+            await self.book.authorize(code, appid)
         except FetchError as exc:
             self._log.error(
                 "authorization could not be completed",
@@ -204,15 +239,8 @@ class Platform:
     # -- status ----------------------------------------------------------------
 
     def summary(self, now: float) -> dict[str, Any]:
-        """For ``/v1/platforms``: the component token and the authorizers' counts."""
-        return {
-            "name": self.name,
-            "component_appid": self.config.component_appid,
-            "component": describe(self.component.status(), now),
-            "verify_ticket": describe(self.ticket.status(), now),
-            "authorizers": self.book.counts(),
-            "problems": self.problems(),
-        }
+        """For ``/v1/platforms``: the upper token(s) and the accounts' counts."""
+        return view.summary(self, now)
 
     def secret_matches(self, given: str) -> bool:
         return _digest_equal(given, self.config.secret.reveal())
@@ -233,28 +261,15 @@ class Platform:
 
     def page(self, offset: int, limit: int, now: float) -> dict[str, Any]:
         """For ``/v1/platforms/<name>/authorizers``: one page, in the order they came."""
-        entries = list(self.book.entries.values())
-        rows = [
-            {
-                "appid": e.appid,
-                "state": "needs_authorization"
-                if e.needs_authorization
-                else ("ok" if e.valid(now) else "pending"),
-                "expires_at": int(e.expires_at) if e.token else None,
-                "fingerprint": fingerprint(e.token) if e.token else None,
-                "error": str(e.error) if e.error else None,
-                "hint": e.error.hint if e.error else None,
-            }
-            for e in entries[offset : offset + limit]
-        ]
-        return {"total": len(entries), "offset": offset, "authorizers": rows}
+        return view.page(self.book.entries, offset, limit, now)
 
     def problems(self) -> list[str]:
         """What keeps this platform from being ready, one line each."""
         found = []
-        if not self.component.has_valid_token():
-            status = self.component.status()
-            found.append(f"component token: {status.last_error or 'not fetched yet'}")
+        for loop in (self.component, self.provider):
+            if loop is not None and not loop.has_valid_token():
+                status = loop.status()
+                found.append(f"{loop.credential} token: {status.last_error or 'not fetched yet'}")
         counts = self.book.counts()
         if counts["needs_authorization"]:
             found.append(

@@ -27,16 +27,16 @@ __all__ = ["STATE_DIR_MODE", "Grant", "PushedTicket", "Vault", "check_appid", "c
 STATE_DIR_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
 _MAX_FILE: Final = 4096
-_APPID = re.compile(r"wx[0-9a-f]{16}")
+_ID = re.compile(r"[A-Za-z0-9]{1,64}")  # an appid or corpid: its file name
 _SECRET = re.compile(r"[\x21-\x7e]{1,512}")
 _TICKET_FILE: Final = "component_verify_ticket.json"
 _AUTHORIZERS: Final = "authorizers"
 
 
 def check_appid(value: object) -> str:
-    """An authorizer's (or component's) appid: ``wx`` and 16 hex digits."""
-    if not isinstance(value, str) or not _APPID.fullmatch(value):
-        raise ValueError("not an appid (wx followed by 16 hex digits)")
+    """An account's id as the vault keeps it (an appid or corpid): a safe file name."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ValueError("not an appid or corpid (1-64 letters and digits)")
     return value
 
 

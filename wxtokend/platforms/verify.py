@@ -39,7 +39,9 @@ class VerifyTicket:
         clock: Clock,
         log: object,
         lifetime: float = TICKET_LIFETIME,
+        label: str = "component_verify_ticket",
     ) -> None:
+        self._label = label
         self._vault = vault
         self._name, self._appid = name, component_appid
         self._clock = clock
@@ -109,13 +111,13 @@ class VerifyTicket:
         return AppStatus(
             name=self._name,
             appid=self._appid,
-            grant="component_verify_ticket",
+            grant=self._label,
             state="ok" if valid else ("pending" if ticket is None else "expired"),
             expires_at=ticket.created_at + self._lifetime if ticket else None,
             fingerprint=fingerprint(ticket.ticket) if ticket else None,
             next_refresh=self._clock.now(),
             consecutive_failures=0,
-            last_error=None if valid else "no valid component_verify_ticket pushed yet",
+            last_error=None if valid else f"no valid {self._label} pushed yet",
             hint=None
             if valid
             else "WeChat pushes one every 10 minutes to the callback listener: check that"
