@@ -175,7 +175,8 @@ class Daemon:
             tickets=len(refreshers) - len(self.refreshers),
             output_dir=str(self.config.output_dir),
             api_base=self.config.api_base,
-            admin=[listener.url for listener in listeners],
+            admin=[x.url for x in listeners if x.role == "admin"],
+            callback=[x.url for x in listeners if x.role == "callback"] or None,
         )
         self._sweep_leftovers()
         await self._follower.follow_once()

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from wxtokend import asgi
 from wxtokend.admin import admin_app, probe_app
+from wxtokend.callback.app import callback_app
 from wxtokend.errors import ListenError
 from wxtokend.logs import get_logger
 
@@ -30,6 +31,7 @@ class Bound:
 
     sock: socket.socket
     app: Starlette
+    role: str = "admin"  # or "callback": the one facing WeChat
 
     @property
     def url(self) -> str:
@@ -59,10 +61,21 @@ def bind_listeners(daemon: Service) -> list[Bound]:
                 f"admin.{key} {listen}: {exc.strerror} — pick another address, or set"
                 f" admin.{key}: null to turn it off"
             ) from None
-        if key == "listen" and not listen.is_loopback:
+        if key == "listen" and listen is not None and not listen.is_loopback:
             get_logger().warning(
                 "the admin API (passive refresh, SDK endpoints) listens beyond loopback",
                 listen=str(listen),
                 fix="keep it on loopback and use admin.probe_listen for probes",
             )
+    callback = daemon.config.callback_listen
+    if callback is not None:
+        app = callback_app(intakes=daemon.platforms.intakes(), deliver=daemon.platforms.deliver)
+        try:
+            bound.append(Bound(asgi.bind(callback), app, role="callback"))
+        except OSError as exc:
+            for listener in bound:
+                listener.sock.close()
+            raise ListenError(
+                f"callback.listen {callback}: {exc.strerror} — pick another address"
+            ) from None
     return bound

@@ -8,6 +8,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from wxtokend.callback.app import handle_callback
+
 if TYPE_CHECKING:
     from wxtokend.service import Service
 
@@ -43,8 +45,17 @@ def platform_routes(daemon: Service) -> list[Route]:
             )
         return JSONResponse(platform.page(offset, limit, daemon.clock.now()))
 
+    async def forwarded(request: Request) -> Response:
+        """A platform's own callback server forwards WeChat's raw body and query here."""
+        name = request.path_params["name"]
+        intake = daemon.platforms.intakes().get(name)
+        if intake is None:
+            return _unknown(daemon, name)
+        return await handle_callback(request, name, intake, daemon.platforms.deliver)
+
     return [
         Route("/v1/platforms", platforms, methods=["GET"]),
+        Route("/v1/platforms/{name}/callback", forwarded, methods=["POST"]),
         Route("/v1/platforms/{name}", one_platform, methods=["GET"]),
         Route("/v1/platforms/{name}/authorizers", authorizers, methods=["GET"]),
     ]

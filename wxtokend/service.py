@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from wxtokend.callback.events import Event
+    from wxtokend.callback.intake import Intake
     from wxtokend.clock import Clock
     from wxtokend.config import AppConfig, Config
     from wxtokend.metrics import Metrics
@@ -77,6 +79,10 @@ class Platforms(Protocol):
 
     def by_component(self, component_appid: str) -> PlatformView | None: ...
 
+    def intakes(self) -> Mapping[str, Intake]: ...
+
+    async def deliver(self, name: str, event: Event) -> None: ...
+
 
 class FleetState(Protocol):
     """Whether the fleet's Redis answers, and if not, why."""
@@ -130,5 +136,10 @@ class Listener(Protocol):
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def role(self) -> str:
+        """``admin`` (the admin or probe API) or ``callback`` (the one facing WeChat)."""
+        ...
 
     async def serve(self) -> None: ...

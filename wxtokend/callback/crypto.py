@@ -30,13 +30,24 @@ from defusedxml import ElementTree as SafeXML
 
 from wxtokend.errors import BadCallback
 
-__all__ = ["MAX_CLOCK_SKEW", "MessageCrypto", "check_aes_key", "check_token", "xml_fields"]
+__all__ = [
+    "MAX_CLOCK_SKEW",
+    "Forged",
+    "MessageCrypto",
+    "check_aes_key",
+    "check_token",
+    "xml_fields",
+]
 
 BLOCK: Final = 32  # WeChat pads to 32 bytes, not AES's 16
 MAX_CLOCK_SKEW: Final = 300.0  # seconds a callback's timestamp may be off: older is a replay
 _TOKEN = re.compile(r"[A-Za-z0-9]{3,32}")
 _AES_KEY = re.compile(r"[A-Za-z0-9+/]{43}")
 _MAX_MESSAGE: Final = 1 << 20
+
+
+class Forged(BadCallback):
+    """A callback that is not WeChat's to us: unsigned, stale, undecryptable, or for another."""
 
 
 def check_token(token: str) -> str | None:
@@ -85,13 +96,13 @@ class MessageCrypto:
     ) -> bytes:
         """The message XML inside a callback body, once every check passed."""
         if not timestamp.isdigit() or abs(now - int(timestamp)) > max_skew:
-            raise BadCallback("timestamp missing or too far from now (a replay?)")
+            raise Forged("timestamp missing or too far from now (a replay?)")
         encrypt = xml_fields(body).get("Encrypt")
         if not encrypt:
             raise BadCallback("body has no Encrypt element")
         expected = self.signature(timestamp, nonce, encrypt)
         if not hmac.compare_digest(expected.encode(), msg_signature.encode()):
-            raise BadCallback("msg_signature does not match (wrong Token, or not from WeChat)")
+            raise Forged("msg_signature does not match (wrong Token, or not from WeChat)")
         return self.decrypt(encrypt)
 
     def decrypt(self, encrypt: str) -> bytes:
@@ -106,7 +117,7 @@ class MessageCrypto:
         plain = decryptor.update(sealed) + decryptor.finalize()
         pad = plain[-1]
         if not 1 <= pad <= BLOCK or plain[-pad:] != bytes([pad]) * pad:
-            raise BadCallback("bad padding (wrong EncodingAESKey?)")
+            raise Forged("bad padding (wrong EncodingAESKey?)")
         plain = plain[:-pad]
         if len(plain) < 20:
             raise BadCallback("message too short")
@@ -115,7 +126,7 @@ class MessageCrypto:
         if len(message) != length:
             raise BadCallback("message length prefix is wrong")
         if not hmac.compare_digest(receiver, self.receiver_id.encode()):
-            raise BadCallback("message is for another receiver id, not ours")
+            raise Forged("message is for another receiver id, not ours")
         return message
 
     # -- sealing (the emulator's pushes, and tests) ------------------------

@@ -7,8 +7,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
+from wxtokend.callback.events import (
+    Authorized,
+    CorpAuthorized,
+    CorpCancelled,
+    Event,
+    Unauthorized,
+    VerifyTicket,
+)
+from wxtokend.callback.intake import Intake
 from wxtokend.clock import Clock
 from wxtokend.config import Config
 from wxtokend.metrics import Metrics
@@ -32,6 +42,9 @@ class PlatformSet:
         metrics: Metrics,
     ) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._clock = clock
+        self._intakes: dict[str, Intake] | None = None
         self.platforms = {
             p.name: Platform(
                 p,
@@ -45,6 +58,35 @@ class PlatformSet:
             )
             for p in config.platforms
         }
+
+    def intakes(self) -> dict[str, Intake]:
+        """Each platform's callback intake, by name: one each, so replays are caught on
+        the callback listener and the admin API's forwarding endpoint alike."""
+        if self._intakes is None:
+            self._intakes = {
+                name: Intake(p.crypto, product=p.config.product, clock=self._clock)
+                for name, p in self.platforms.items()
+            }
+        return self._intakes
+
+    async def deliver(self, name: str, event: Event) -> None:
+        """A checked callback's event, to its platform (slow work goes on in the background)."""
+        platform = self.platforms[name]
+        if isinstance(event, VerifyTicket):
+            await platform.accept_ticket(event.ticket, event.created_at)
+        elif isinstance(event, Authorized):
+            self._background(platform.authorized(event.authorizer_appid, event.authorization_code))
+        elif isinstance(event, CorpAuthorized):
+            self._background(platform.authorized(None, event.auth_code))
+        elif isinstance(event, Unauthorized | CorpCancelled):
+            gone = event.authorizer_appid if isinstance(event, Unauthorized) else event.corpid
+            await platform.unauthorized(gone)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        # WeChat wants "success" within 5 s: trading a code for tokens may take longer.
+        task = asyncio.create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def __bool__(self) -> bool:
         return bool(self.platforms)

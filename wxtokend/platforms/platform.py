@@ -222,7 +222,7 @@ class Platform:
         self.ticket.hold(pushed)
         self._log.info("component_verify_ticket received")
 
-    async def authorized(self, appid: str, code: str) -> None:
+    async def authorized(self, appid: str | None, code: str) -> None:
         try:
             await self.book.authorize(code, appid)
         except FetchError as exc:
