@@ -72,6 +72,10 @@ def update_gauges(
 def status_line(refreshers: Mapping[str, Refresher], waiting: Mapping[str, str], now: float) -> str:
     """One line for ``systemctl status``."""
     total = len(refreshers)
+    platforms = sorted(k for k in waiting if k not in refreshers)
+    waiting = {k: v for k, v in waiting.items() if k in refreshers}
+    if platforms and not waiting:
+        return f"{total} apps with a valid token; waiting for {', '.join(platforms)}"
     if not waiting:
         soonest = min(refreshers.values(), key=lambda r: r.next_at, default=None)
         if soonest is None:

@@ -134,8 +134,8 @@ class WeChatClient:
 
     def _request(self, app: AppConfig, call: Call) -> httpx.Request:
         url = self._url(app, call.endpoint)
-        if call.body is not None:
-            return self._http.build_request(call.method, url, json=call.body)
+        if call.body is not None:  # a POST may carry a query too (component_access_token=)
+            return self._http.build_request(call.method, url, params=call.params, json=call.body)
         return self._http.build_request(call.method, url, params=call.params)
 
     def _raise_errcode(

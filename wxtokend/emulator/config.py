@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from wxtokend.emulator.platform_config import EmulatedPlatform, platform_from
+
 __all__ = [
     "SCALARS",
     "EmulatedApp",
@@ -135,6 +137,7 @@ class EmulatorConfig:
     seed: int | None = None
     faults: Faults = field(default_factory=Faults)
     apps: tuple[EmulatedApp, ...] = ()
+    platforms: tuple[EmulatedPlatform, ...] = ()
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
@@ -263,7 +266,7 @@ SCALARS: dict[str, Callable[[object, str], object]] = {
 
 def _config_from(value: object) -> EmulatorConfig:
     data = _as_mapping({} if value is None else value, "the top level")
-    _known_keys(data, (*SCALARS, "ip_whitelist", "faults", "apps"), "")
+    _known_keys(data, (*SCALARS, "ip_whitelist", "faults", "apps", "platforms"), "")
     kwargs: dict[str, Any] = {
         key: convert(data[key], key) for key, convert in SCALARS.items() if key in data
     }
@@ -277,6 +280,14 @@ def _config_from(value: object) -> EmulatorConfig:
     if "apps" in data:
         apps = _as_list(data["apps"], "apps")
         kwargs["apps"] = tuple(_app_from(app, f"apps[{i}]") for i, app in enumerate(apps))
+    if "platforms" in data:
+        entries = _as_list(data["platforms"], "platforms")
+        try:
+            kwargs["platforms"] = tuple(
+                platform_from(p, f"platforms[{i}]") for i, p in enumerate(entries)
+            )
+        except ValueError as exc:
+            raise EmulatorConfigError(str(exc)) from None
     return EmulatorConfig(**kwargs)
 
 

@@ -21,6 +21,7 @@ from wxtokend.emulator.config import EmulatorConfig
 from wxtokend.emulator.control import control_routes, parse_object
 from wxtokend.emulator.core import Endpoint
 from wxtokend.emulator.faults import held, hijack
+from wxtokend.emulator.platform_routes import Pusher, platform_routes
 from wxtokend.emulator.replies import error
 from wxtokend.emulator.state import WeChatState
 
@@ -61,6 +62,7 @@ class Emulator:
     def __init__(self, config: EmulatorConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.state = WeChatState(config, clock=clock)
+        self.pusher = Pusher(self.state.open_platform, clock=clock)
         self.app = Starlette(
             routes=[
                 Route("/cgi-bin/token", held(self._token), methods=["GET", "POST"]),
@@ -71,6 +73,7 @@ class Emulator:
                 Route("/cgi-bin/get_jsapi_ticket", held(self._get_jsapi_ticket), methods=["GET"]),
                 Route("/cgi-bin/ticket/get", held(self._ticket_get), methods=["GET"]),
                 *control_routes(self.state),
+                *platform_routes(self.state.open_platform, self.state.core, self.pusher),
             ]
         )
 
@@ -86,7 +89,12 @@ class Emulator:
             sock if sock is not None else await _bind(self.config.host, self.config.port)
         )
         url = base_url(listener)
-        await serve(self.app, [listener], ready=(lambda: ready(url)) if ready else None)
+        pushes = asyncio.create_task(self.pusher.run()) if self.config.platforms else None
+        try:
+            await serve(self.app, [listener], ready=(lambda: ready(url)) if ready else None)
+        finally:
+            if pushes is not None:
+                pushes.cancel()
 
     async def _token(self, request: Request) -> Response:
         query = request.query_params
@@ -187,6 +195,10 @@ class Emulator:
 
     async def _getcallbackip(self, request: Request) -> Response:
         access_token = request.query_params.get("access_token", "")
+        now = self.state.core.clock()
+        authorizer = self.state.open_platform.check_authorizer_token(access_token, now)
+        if authorizer is not None:
+            return JSONResponse(authorizer)
         return JSONResponse(self.state.official.check_token(access_token))
 
 

@@ -15,6 +15,7 @@ from wxtokend.emulator.config import EmulatorConfig, Faults, Grant
 from wxtokend.emulator.core import Core, Endpoint
 from wxtokend.emulator.faults import Fault, garbage_body
 from wxtokend.emulator.official import Official
+from wxtokend.emulator.openplatform import OpenPlatform
 from wxtokend.emulator.replies import Reply
 from wxtokend.emulator.wecom import WeCom
 
@@ -38,6 +39,7 @@ class WeChatState:
         # Registration order is the order of stats(): official apps, then WeCom corps.
         self.official = Official(self.core)
         self.wecom = WeCom(self.core)
+        self.open_platform = OpenPlatform(config.platforms, grace=config.grace, now=clock())
 
     def now(self) -> float:
         return self.core.clock()

@@ -32,6 +32,7 @@ __all__ = [
     "COMPONENT_TOKEN",
     "PLATFORM_ERRCODES",
     "TICKET_REFUSED",
+    "WITH_COMPONENT_ERRCODES",
     "ComponentToken",
     "authorizer_list_call",
     "authorizer_token_call",
@@ -74,6 +75,24 @@ PLATFORM_ERRCODES: Final[dict[int, Errcode]] = {
         kind=ReauthorizationNeeded,
         meaning="authorizer_refresh_token invalid",
         fix=_REAUTHORIZE,
+    ),
+}
+
+
+# Calls made *with* the component token: 40001/42001 are about that token, not a secret.
+WITH_COMPONENT_ERRCODES: Final[dict[int, Errcode]] = {
+    **PLATFORM_ERRCODES,
+    40001: Errcode(
+        kind=TransientError,
+        meaning="component_access_token rejected",
+        fix="another system may be refreshing this platform's component token",
+        retry="refreshing the component token, then asking again",
+    ),
+    42001: Errcode(
+        kind=TransientError,
+        meaning="component_access_token expired",
+        fix="",
+        retry="refreshing the component token, then asking again",
     ),
 }
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +81,10 @@ class AuthorizerBook:
         workers: int = 16,
         on_outcome: Any = None,
         product: Product = OPEN_PLATFORM,
+        recover: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self._product = product
+        self._recover = recover  # an account's current grant, as WeChat lists it
         self._send, self._component = sender, component
         self._vault, self._store = vault, store
         self._clock, self._rng, self._policy = clock, rng, policy
@@ -149,17 +151,6 @@ class AuthorizerBook:
         if not entry.valid(self._clock.now()):
             self._plan(entry, self._clock.now())
         return True
-
-    async def unauthorize(self, appid: str) -> None:
-        """An ``unauthorized`` event: its tokens are dead; forget them and their files."""
-        entry = self.entries.pop(appid, None)
-        if entry is None:
-            return
-        await asyncio.to_thread(self._vault.remove_grant, appid)
-        await asyncio.to_thread(self._store.remove, appid)
-        self._log.warning(
-            "authorizer unauthorized the platform: its files are removed", authorizer=appid
-        )
 
     # -- the scheduler ------------------------------------------------------------
 
@@ -239,6 +230,8 @@ class AuthorizerBook:
         entry.error = error
         self._on_outcome(error.outcome)
         if isinstance(error, ReauthorizationNeeded):
+            if await self._recovered(entry):
+                return
             entry.next_at = _NEVER
             self._log.error(
                 "authorizer needs re-authorization: not refreshed until it authorizes again",
@@ -267,6 +260,21 @@ class AuthorizerBook:
             attempt=entry.failures,
         )
         self._plan(entry, at)
+
+    async def _recovered(self, entry: Authorizer) -> bool:
+        """A refused refresh token: WeChat's list may hold a newer one (a rotation whose
+        answer was lost, or a copy elsewhere). Take it, once, before giving up."""
+        if self._recover is None or entry.refresh_token is None:
+            return False
+        current = await self._recover(entry.appid)
+        if current is None or current == entry.refresh_token:
+            return False
+        await self.adopt_grant(entry.appid, current)
+        self._log.warning(
+            "refresh token refused; the current one was recovered from api_get_authorizer_list",
+            authorizer=entry.appid,
+        )
+        return True
 
     async def _component_token(self) -> str:
         component = self._component

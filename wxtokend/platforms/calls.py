@@ -9,7 +9,7 @@ from wxtokend.config import AppConfig
 from wxtokend.errcodes import Errcode
 from wxtokend.errors import MalformedResponse
 from wxtokend.kinds.base import Call
-from wxtokend.kinds.component import PLATFORM_ERRCODES, authorizer_list_call
+from wxtokend.kinds.component import WITH_COMPONENT_ERRCODES, authorizer_list_call
 from wxtokend.platforms.products import OPEN_PLATFORM
 from wxtokend.platforms.vault import check_secret
 
@@ -31,7 +31,7 @@ class Sender:
         self._client = client
         self.app = app
 
-    async def send(self, call: Call, table: Mapping[int, Errcode] = PLATFORM_ERRCODES) -> Any:
+    async def send(self, call: Call, table: Mapping[int, Errcode] = WITH_COMPONENT_ERRCODES) -> Any:
         return await self._client.send(self.app, call, table)
 
     async def authorizer_page(

@@ -26,7 +26,8 @@ from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
 from wxtokend.platforms import view
 from wxtokend.platforms.authorizers import AuthorizerBook
-from wxtokend.platforms.calls import LIST_PAGE, Sender, WireClient
+from wxtokend.platforms.calls import Sender, WireClient
+from wxtokend.platforms.listing import Listing
 from wxtokend.platforms.products import OPEN_PLATFORM, WECOM_SUITE, Product
 from wxtokend.platforms.vault import PushedTicket, Vault
 from wxtokend.platforms.verify import VerifyTicket
@@ -111,6 +112,7 @@ class Platform:
             )
         wire: WireClient = client
         self.sender = Sender(wire, app)
+        self.listing = Listing(self.sender, self.component, clock=clock, log=self._log)
         self.book = AuthorizerBook(
             sender=self.sender,
             component=self.component,
@@ -124,6 +126,7 @@ class Platform:
             workers=daemon_config.max_concurrency,
             on_outcome=lambda outcome: metrics.authorizer_refresh(config.name, outcome),
             product=product,
+            recover=self.listed_grant if product_lists(product) else None,
         )
         self.crypto = MessageCrypto(
             token=config.token.reveal(),
@@ -190,27 +193,10 @@ class Platform:
 
     async def sync(self) -> int:
         """Recover every authorized account's refresh token from ``api_get_authorizer_list``."""
-        while True:
-            await self.component.until_valid(None)
-            try:
-                return await self._sync_once()
-            except FetchError as exc:
-                self._log.warning("api_get_authorizer_list failed; retrying", error=str(exc))
-                await self._clock.sleep(30.0)
+        return await self.listing.sync(self.book)
 
-    async def _sync_once(self) -> int:
-        record = self.component.record
-        assert record is not None
-        offset, added, total = 0, 0, 1
-        while offset < total:
-            total, page = await self.sender.authorizer_page(record.access_token, offset)
-            for appid, refresh in page:
-                added += await self.book.adopt_grant(appid, refresh)
-            if not page:
-                break
-            offset += LIST_PAGE
-        self._log.info("authorizer list synced", authorizers=total, new_refresh_tokens=added)
-        return added
+    async def listed_grant(self, appid: str) -> str | None:
+        return await self.listing.grant_of(appid)
 
     # -- events from the callback ----------------------------------------------
 
@@ -234,7 +220,12 @@ class Platform:
             )
 
     async def unauthorized(self, appid: str) -> None:
-        await self.book.unauthorize(appid)
+        """An ``unauthorized`` event: its tokens are dead; forget them and their files."""
+        if self.book.entries.pop(appid, None) is None:
+            return
+        await asyncio.to_thread(self.vault.remove_grant, appid)
+        await asyncio.to_thread(self.store.remove, appid)
+        self._log.warning("authorizer unauthorized the platform: files removed", authorizer=appid)
 
     # -- status ----------------------------------------------------------------
 

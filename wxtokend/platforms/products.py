@@ -19,7 +19,7 @@ from wxtokend.errors import MalformedResponse
 from wxtokend.kinds.base import Call, Kind
 from wxtokend.kinds.component import (
     COMPONENT_TOKEN,
-    PLATFORM_ERRCODES,
+    WITH_COMPONENT_ERRCODES,
     authorizer_token_call,
     parse_token_field,
     query_auth_call,
@@ -64,7 +64,7 @@ class OpenPlatform:
     upper_file = "component_access_token"
     ticket_name = "component_verify_ticket"
     ticket_lifetime = 12 * 3600.0
-    errcodes: Any = PLATFORM_ERRCODES
+    errcodes: Any = WITH_COMPONENT_ERRCODES  # its calls carry the component token
 
     def check_id(self, value: object) -> str:
         if not isinstance(value, str) or not _APPID.fullmatch(value):
