@@ -21,7 +21,7 @@ from wxtokend.errors import StateFileError
 from wxtokend.metrics import Metrics
 from wxtokend.store import Record, TokenStore, write_fix
 
-__all__ = ["Files"]
+__all__ = ["Files", "in_writer"]
 
 
 class Files:
@@ -81,7 +81,7 @@ class Files:
                 return True  # removed or replaced by a reload: its files are not ours any more
             self.writing_since = self._clock.monotonic()
             try:
-                await _in_thread(self._store.save, record)
+                await in_writer(self._store.save, record)
             except OSError as exc:
                 return self._failed(exc)
             finally:
@@ -154,10 +154,10 @@ def _writers() -> ThreadPoolExecutor:
     return _WRITER_POOL
 
 
-async def _in_thread(work: Callable[[Record], object], record: Record) -> None:
-    """``work(record)`` in the default executor. If the caller is cancelled meanwhile, the
+async def in_writer(work: Callable[..., object], *args: object) -> None:
+    """``work(*args)`` in the writer threads. If the caller is cancelled meanwhile, the
     thread still finishes before the cancellation goes on, so no later write overlaps it."""
-    future = asyncio.get_running_loop().run_in_executor(_writers(), work, record)
+    future = asyncio.get_running_loop().run_in_executor(_writers(), work, *args)
     try:
         await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -27,6 +27,7 @@ from wxtokend.clock import Clock
 from wxtokend.credential import Token
 from wxtokend.errors import FetchError, ReauthorizationNeeded, StateFileError, TransientError
 from wxtokend.kinds.base import Dependency
+from wxtokend.persist import in_writer
 from wxtokend.platforms.calls import Sender
 from wxtokend.platforms.due import DueTimes
 from wxtokend.platforms.products import OPEN_PLATFORM, Product
@@ -130,7 +131,7 @@ class AuthorizerBook:
         entry.error = None
         if token is None:  # the reply had the grant only: fetch the token with it now
             entry.refresh_token = grant
-            await asyncio.to_thread(
+            await in_writer(
                 self._vault.save_grant,
                 Grant(appid=account, refresh_token=grant, updated_at=fetched_at),
             )
@@ -146,7 +147,7 @@ class AuthorizerBook:
         if entry.refresh_token == refresh_token and not entry.needs_authorization:
             return False
         grant = Grant(appid=appid, refresh_token=refresh_token, updated_at=self._clock.now())
-        await asyncio.to_thread(self._vault.save_grant, grant)
+        await in_writer(self._vault.save_grant, grant)
         entry.refresh_token, entry.error, entry.failures = refresh_token, None, 0
         if not entry.valid(self._clock.now()):
             self._plan(entry, self._clock.now())
@@ -191,7 +192,7 @@ class AuthorizerBook:
             entry.refresh_token, entry.unsaved = refresh, True  # held in memory, whatever comes
             grant = Grant(appid=entry.appid, refresh_token=refresh, updated_at=self._clock.now())
             try:
-                await asyncio.to_thread(self._vault.save_grant, grant)
+                await in_writer(self._vault.save_grant, grant)
                 entry.unsaved = False
             except OSError as exc:
                 self._log.error(
@@ -215,7 +216,7 @@ class AuthorizerBook:
         )
         entry.failures, entry.error = 0, None
         try:
-            await asyncio.to_thread(self._store.save, record)
+            await in_writer(self._store.save, record)
         except OSError as exc:
             self._log.error("cannot write token files", authorizer=entry.appid, error=exc.strerror)
             self._plan(entry, self._clock.now() + 5.0)  # the token is kept; write it again soon

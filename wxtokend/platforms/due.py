@@ -39,9 +39,6 @@ class DueTimes:
         if self._heap[0] == (at, key):
             self._wake.set()  # sooner than the timer was set for
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     async def run(self, work: Callable[[str, float], Awaitable[None]]) -> None:
         """Hand each due (key, time) to ``work``, forever; cancel to stop."""
         workers = [asyncio.create_task(self._worker(work)) for _ in range(self._workers)]

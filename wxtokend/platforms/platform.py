@@ -24,6 +24,7 @@ from wxtokend.errors import FetchError, StateFileError
 from wxtokend.kinds.suite import PROVIDER_TOKEN
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
+from wxtokend.persist import in_writer
 from wxtokend.platforms import view
 from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.calls import Sender, WireClient
@@ -204,7 +205,7 @@ class Platform:
         pushed = PushedTicket(ticket=ticket, created_at=created_at)
         if not self.ticket.is_news(pushed):
             return
-        await asyncio.to_thread(self.vault.save_ticket, pushed)  # durable before it is used
+        await in_writer(self.vault.save_ticket, pushed)  # durable before it is used
         self.ticket.hold(pushed)
         self._log.info("component_verify_ticket received")
 
@@ -223,8 +224,8 @@ class Platform:
         """An ``unauthorized`` event: its tokens are dead; forget them and their files."""
         if self.book.entries.pop(appid, None) is None:
             return
-        await asyncio.to_thread(self.vault.remove_grant, appid)
-        await asyncio.to_thread(self.store.remove, appid)
+        await in_writer(self.vault.remove_grant, appid)
+        await in_writer(self.store.remove, appid)
         self._log.warning("authorizer unauthorized the platform: files removed", authorizer=appid)
 
     # -- status ----------------------------------------------------------------
