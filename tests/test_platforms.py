@@ -157,9 +157,7 @@ class TestVault:
         vault.save_grant(Grant(appid=A1, refresh_token="REFRESH_1", updated_at=T0))
         vault.save_ticket(PushedTicket(ticket="TICKET_1", created_at=T0))
         assert stat.S_IMODE(os.stat(vault.directory).st_mode) == 0o700
-        assert stat.S_IMODE(os.stat(vault.directory / "authorizers").st_mode) == 0o700
-        grant_file = vault.directory / "authorizers" / f"{A1}.json"
-        assert stat.S_IMODE(os.stat(grant_file).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(vault.journal.path).st_mode) == 0o600
         grants, problems = vault.grants()
         assert [(g.appid, g.refresh_token) for g in grants] == [(A1, "REFRESH_1")]
         assert problems == []
@@ -172,20 +170,25 @@ class TestVault:
         [
             b"not json",
             b"[]",
-            json.dumps({"appid": A2, "refresh_token": "R", "updated_at": 1}).encode(),
+            json.dumps({"appid": "wx/../x", "refresh_token": "R", "updated_at": 1}).encode(),
             json.dumps({"appid": A1, "refresh_token": "has space", "updated_at": 1}).encode(),
             json.dumps({"appid": A1, "refresh_token": "R", "updated_at": True}).encode(),
+            b'{"appid": "' + b"x" * 3000 + b'"}',
         ],
     )
-    def test_a_bad_file_is_refused_by_name(self, tmp_path: Path, content: bytes) -> None:
-        """Garbage, another appid's record or a bad value: a problem line, never a secret."""
+    def test_a_bad_line_is_refused_by_number(self, tmp_path: Path, content: bytes) -> None:
+        """Garbage or a bad value: a problem line naming the line, never a secret; the
+        lines around it still count."""
         vault = Vault(tmp_path / "agency")
         vault.prepare()
-        (vault.directory / "authorizers" / f"{A1}.json").write_bytes(content)
-        grants, problems = vault.grants()
-        assert grants == []
+        vault.save_grant(Grant(appid=A1, refresh_token="GOOD_1", updated_at=T0))
+        with vault.journal.path.open("ab") as journal:
+            journal.write(content + b"\n")
+        vault.save_grant(Grant(appid=A2, refresh_token="GOOD_2", updated_at=T0))
+        grants, problems = Vault(tmp_path / "agency").grants()
+        assert {g.appid: g.refresh_token for g in grants} == {A1: "GOOD_1", A2: "GOOD_2"}
         assert len(problems) == 1
-        assert f"{A1}.json" in problems[0]
+        assert "grants.jsonl: line 2" in problems[0]
         assert "has space" not in problems[0]
 
     def test_a_bad_ticket_file_is_a_state_file_error(self, tmp_path: Path) -> None:

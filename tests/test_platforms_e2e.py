@@ -124,10 +124,12 @@ class TestChain:
         # The private state: refresh tokens where consumers cannot read them.
         state = directory / "state" / "agency"
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
-        for grant in (state / "authorizers").iterdir():
-            assert stat.S_IMODE(os.stat(grant).st_mode) == 0o600
+        journal = state / "grants.jsonl"
+        assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
+        # The list was read once for good: later starts trust the vault.
+        wait_for((state / "authorizer_list.json").exists, timeout=5, what="the list marker")
         refresh_tokens = [
-            json.loads(g.read_text())["refresh_token"] for g in (state / "authorizers").iterdir()
+            json.loads(line)["refresh_token"] for line in journal.read_text().splitlines()
         ]
         # Over several lifetimes every file stays valid, each refreshed about once each.
         deadline = time.monotonic() + 14
@@ -155,11 +157,15 @@ class TestChain:
     def test_restart_with_valid_tokens_costs_no_call(
         self, emulator: EmulatorFactory, daemon: DaemonFactory, tmp_path: Path
     ) -> None:
-        emu, proc, _ = _start(
+        emu, proc, directory = _start(
             emulator, daemon, tmp_path, component_token_lifetime=120, authorizer_token_lifetime=120
         )
         proc.start()
         wait_for(lambda: all(_token(proc, a) for a in PREAUTHORIZED), timeout=20, what="tokens")
+        # Once every listed grant is saved the daemon says so; a stop before that would
+        # make the next start read the list again (one call per 500 accounts, nothing lost).
+        marker = directory / "state" / "agency" / "authorizer_list.json"
+        wait_for(marker.exists, timeout=5, what="the list marker")
         before = _stats(emu)["counts"]
         proc.stop()
         proc.start()
@@ -167,6 +173,28 @@ class TestChain:
             wait_for(lambda: _ready(admin), timeout=20, what="ready")
         time.sleep(1)
         assert _stats(emu)["counts"] == before  # no component, list or authorizer call
+
+    def test_a_start_stopped_before_the_list_was_saved_reads_it_again(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory, tmp_path: Path
+    ) -> None:
+        """No marker (a stop halfway through a first start): the list is read once more,
+        the grants kept are not lost, and valid tokens are not fetched again."""
+        emu, proc, directory = _start(
+            emulator, daemon, tmp_path, component_token_lifetime=120, authorizer_token_lifetime=120
+        )
+        proc.start()
+        marker = directory / "state" / "agency" / "authorizer_list.json"
+        wait_for(marker.exists, timeout=20, what="the list marker")
+        proc.stop()
+        marker.unlink()
+        before = _stats(emu)["counts"]
+        proc.start()
+        wait_for(marker.exists, timeout=20, what="the list marker again")
+        with proc.admin() as admin:
+            wait_for(lambda: _ready(admin), timeout=20, what="ready")
+        after = _stats(emu)["counts"]
+        assert after["api_get_authorizer_list"] == before["api_get_authorizer_list"] + 1
+        assert after.get("api_authorizer_token") == before.get("api_authorizer_token")
 
     def test_61023_leaves_the_others_alone(
         self, emulator: EmulatorFactory, daemon: DaemonFactory, tmp_path: Path

@@ -10,21 +10,28 @@ sweep is reused for a minute, so a burst of refusals costs one pass.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wxtokend.clock import Clock
 from wxtokend.errors import FetchError
 from wxtokend.kinds.base import Dependency
+from wxtokend.persist import in_writer
 from wxtokend.platforms.calls import LIST_PAGE, Sender
+from wxtokend.platforms.journal import Grant
 
-__all__ = ["Listing"]
+if TYPE_CHECKING:
+    from wxtokend.platforms.authorizers import Authorizer
+    from wxtokend.platforms.vault import Vault
+
+__all__ = ["Listing", "all_saved", "save_held"]
 
 _SWEEP_REUSED: Final = 60.0  # seconds
 _REJECTED = (40001, 42001)  # the component token was refused
 
 
 class _Adopts(Protocol):
-    async def adopt_grant(self, appid: str, refresh_token: str) -> bool: ...
+    def adopt_listed(self, appid: str, refresh_token: str) -> bool: ...
 
 
 class Listing:
@@ -51,9 +58,7 @@ class Listing:
                     )
                 await self._clock.sleep(2.0 if exc.errcode in _REJECTED else 30.0)
                 continue
-            added = 0
-            for appid, refresh in listed.items():
-                added += await book.adopt_grant(appid, refresh)
+            added = sum(book.adopt_listed(appid, refresh) for appid, refresh in listed.items())
             self._log.info("authorizer list synced", authorizers=len(listed), new=added)
             return added
 
@@ -83,3 +88,31 @@ class Listing:
                 break
             offset += LIST_PAGE
         return listed
+
+
+async def save_held(entries: Mapping[str, Authorizer], vault: Vault, now: float, log: Any) -> None:
+    """Save, in one batch, the listed grants of accounts whose token is still valid:
+    no refresh is due to save them for hours. (The others are saved by their first
+    refresh, as the grant it rotates to.)"""
+    grants = [
+        Grant(appid=e.appid, refresh_token=e.refresh_token, updated_at=now)
+        for e in entries.values()
+        if e.unsaved and e.valid(now) and e.refresh_token is not None
+    ]
+    if not grants:
+        return
+    try:
+        await in_writer(vault.save_grants, grants)
+    except OSError as exc:
+        log.error("cannot write refresh tokens to state_dir", error=exc.strerror)
+        return
+    for grant in grants:
+        entry = entries.get(grant.appid)
+        if entry is not None and entry.refresh_token == grant.refresh_token:
+            entry.unsaved = False  # not rotated meanwhile
+
+
+def all_saved(entries: Mapping[str, Authorizer]) -> bool:
+    """Every live refresh token held is in the vault (none adopted and not yet written;
+    one WeChat refused is dead and needs no copy)."""
+    return not any(e.unsaved and not e.needs_authorization for e in entries.values())

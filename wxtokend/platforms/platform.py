@@ -28,7 +28,7 @@ from wxtokend.persist import in_writer
 from wxtokend.platforms import view
 from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.calls import Sender, WireClient
-from wxtokend.platforms.listing import Listing
+from wxtokend.platforms.listing import Listing, all_saved, save_held
 from wxtokend.platforms.products import OPEN_PLATFORM, WECOM_SUITE, Product
 from wxtokend.platforms.vault import PushedTicket, Vault
 from wxtokend.platforms.verify import VerifyTicket
@@ -124,7 +124,9 @@ class Platform:
             policy=policy,
             semaphore=semaphore,
             log=self._log,
-            workers=daemon_config.max_concurrency,
+            # Workers wait on the disk as much as on WeChat, and only calls take a slot of
+            # max_concurrency: enough of them keep the group commits full.
+            workers=16 * daemon_config.max_concurrency,
             on_outcome=lambda outcome: metrics.authorizer_refresh(config.name, outcome),
             product=product,
             recover=self.listed_grant if product_lists(product) else None,
@@ -139,7 +141,7 @@ class Platform:
         REDACTOR.register(
             f"platform-aes:{config.name}", config.encoding_aes_key.reveal(), label="<secret>"
         )
-        self._fresh_state = False  # no refresh token kept: ask WeChat for the list at start
+        self.listing_pending = False  # the vault was never seeded: read WeChat's list first
 
     def start(self) -> None:
         """Prepare both directories, and adopt what an earlier run left (no upstream call)."""
@@ -158,9 +160,8 @@ class Platform:
         problems = self.book.adopt_stored(self.config.authorizers)
         for problem in problems:
             self._log.error("refresh token file refused", reason=problem)
-        self._fresh_state = product_lists(self.product) and not any(
-            e.refresh_token for e in self.book.entries.values()
-        )
+        # Not "no grant kept": a start stopped halfway through the list must read it again.
+        self.listing_pending = product_lists(self.product) and not self.vault.listed()
 
     async def run(self) -> None:
         """The component loop, the authorizers, and the list sync a fresh state needs."""
@@ -172,7 +173,7 @@ class Platform:
             tasks.append(
                 asyncio.create_task(self._kept(self.provider.run), name=f"{self.name}/provider")
             )
-        if self._fresh_state:
+        if self.listing_pending:
             tasks.append(asyncio.create_task(self.sync(), name=f"{self.name}/sync"))
         try:
             await asyncio.gather(*tasks)
@@ -193,8 +194,18 @@ class Platform:
                 await self._clock.sleep(5.0)
 
     async def sync(self) -> int:
-        """Recover every authorized account's refresh token from ``api_get_authorizer_list``."""
-        return await self.listing.sync(self.book)
+        """Recover every authorized account's refresh token from ``api_get_authorizer_list``;
+        once each is in the vault, say so there, so later starts need no list."""
+        added = await self.listing.sync(self.book)
+        await save_held(self.book.entries, self.vault, self._clock.now(), self._log)
+        while not all_saved(self.book.entries):
+            await self._clock.sleep(0.2)  # each first refresh saves its account's grant
+        try:
+            await in_writer(self.vault.save_listed, self._clock.now())
+        except OSError as exc:
+            self._log.error("cannot write to state_dir", error=exc.strerror)
+        self.listing_pending = False
+        return added
 
     async def listed_grant(self, appid: str) -> str | None:
         return await self.listing.grant_of(appid)
@@ -224,7 +235,7 @@ class Platform:
         """An ``unauthorized`` event: its tokens are dead; forget them and their files."""
         if self.book.entries.pop(appid, None) is None:
             return
-        await in_writer(self.vault.remove_grant, appid)
+        await in_writer(self.vault.remove_grant, appid, self._clock.now())
         await in_writer(self.store.remove, appid)
         self._log.warning("authorizer unauthorized the platform: files removed", authorizer=appid)
 
@@ -262,6 +273,8 @@ class Platform:
             if loop is not None and not loop.has_valid_token():
                 status = loop.status()
                 found.append(f"{loop.credential} token: {status.last_error or 'not fetched yet'}")
+        if self.listing_pending:
+            found.append("reading the authorizer list (api_get_authorizer_list) at first start")
         counts = self.book.counts()
         if counts["needs_authorization"]:
             found.append(

@@ -21,6 +21,7 @@ from typing import Final
 
 from wxtokend.errors import StateFileError
 from wxtokend.files import TEMP_MARK, open_dir, read_at, write_at
+from wxtokend.platforms.journal import Grant, Journal
 
 __all__ = ["STATE_DIR_MODE", "Grant", "PushedTicket", "Vault", "check_appid", "check_secret"]
 
@@ -30,7 +31,8 @@ _MAX_FILE: Final = 4096
 _ID = re.compile(r"[A-Za-z0-9]{1,64}")  # an appid or corpid: its file name
 _SECRET = re.compile(r"[\x21-\x7e]{1,512}")
 _TICKET_FILE: Final = "component_verify_ticket.json"
-_AUTHORIZERS: Final = "authorizers"
+_LISTED_FILE: Final = "authorizer_list.json"  # the list was read and every grant saved
+_GRANTS: Final = "grants.jsonl"  # every authorizer's refresh token: see journal.py
 
 
 def check_appid(value: object) -> str:
@@ -55,26 +57,22 @@ class PushedTicket:
     created_at: float
 
 
-@dataclass(frozen=True, kw_only=True)
-class Grant:
-    """An authorizer's refresh token (WeChat's authorizer_refresh_token) and when we got it."""
-
-    appid: str
-    refresh_token: str = field(repr=False)
-    updated_at: float
-
-
 class Vault:
     """Reads and writes one platform's private state directory."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._authorizers = directory / _AUTHORIZERS
+        self.journal = Journal(
+            directory,
+            _GRANTS,
+            check_appid=check_appid,
+            check_secret=lambda value: check_secret(value, "refresh_token"),
+        )
 
     def prepare(self) -> list[str]:
-        """Create both directories 0700 (exactly); remove temp files a crash left."""
+        """Create the directory 0700 (exactly); remove temp files a crash left."""
         removed = []
-        for path in (self.directory, self._authorizers):
+        for path in (self.directory,):
             if not os.path.lexists(path):
                 path.mkdir(parents=True, mode=STATE_DIR_MODE)
             os.chmod(path, STATE_DIR_MODE, follow_symlinks=False)
@@ -106,53 +104,44 @@ class Vault:
         except ValueError as exc:
             raise StateFileError(f"{self.directory / _TICKET_FILE}: {exc}") from None
 
+    # -- the authorizer list ------------------------------------------------------
+
+    def save_listed(self, at: float) -> None:
+        """Every account WeChat listed has its refresh token in this vault since ``at``:
+        later starts trust the vault and need not read the list again."""
+        self._write(self.directory, _LISTED_FILE, {"listed_at": at})
+
+    def listed(self) -> bool:
+        """True once :meth:`save_listed` was done; a refused file counts as not listed
+        (reading the list again costs a few calls and loses nothing)."""
+        try:
+            data = self._read(self.directory, _LISTED_FILE)
+        except StateFileError:
+            return False
+        at = None if data is None else data.get("listed_at")
+        return isinstance(at, int | float) and not isinstance(at, bool)
+
     # -- refresh tokens -------------------------------------------------------
 
     def save_grant(self, grant: Grant) -> None:
         """Write ``grant`` durably: only after this returns may the old refresh token go."""
-        data = {
-            "appid": grant.appid,
-            "refresh_token": grant.refresh_token,
-            "updated_at": grant.updated_at,
-        }
-        self._write(self._authorizers, f"{grant.appid}.json", data)
+        self.save_grants([grant])
 
-    def remove_grant(self, appid: str) -> None:
-        with open_dir(self._authorizers) as fd, contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{check_appid(appid)}.json", dir_fd=fd)
-            os.fsync(fd)
+    def save_grants(self, grants: list[Grant]) -> None:
+        """Write many grants with one fsync (a batch of rotations): all durable on return."""
+        self.journal.append([(g.appid, g) for g in grants], at=0.0)
+
+    def remove_grant(self, appid: str, at: float) -> None:
+        """Forget ``appid``'s refresh token (it unauthorized the platform)."""
+        self.journal.append([(check_appid(appid), None)], at=at)
 
     def grants(self) -> tuple[list[Grant], list[str]]:
-        """Every stored refresh token, and a problem line for each file that is refused."""
-        found: list[Grant] = []
-        problems: list[str] = []
-        with open_dir(self._authorizers) as fd:
-            names = [e.name for e in os.scandir(fd) if e.name.endswith(".json")]
-        for name in sorted(names):
-            try:
-                grant = self._grant(name)
-            except StateFileError as exc:
-                problems.append(str(exc))
-                continue
-            if grant is not None:
-                found.append(grant)
-        return found, problems
-
-    def _grant(self, name: str) -> Grant | None:
-        data = self._read(self._authorizers, name)
-        if data is None:
-            return None
+        """Every stored refresh token, and a problem line for each journal line refused."""
         try:
-            appid = check_appid(data.get("appid"))
-            if name != f"{appid}.json":
-                raise ValueError("its appid does not match its file name")
-            updated = data.get("updated_at")
-            if isinstance(updated, bool) or not isinstance(updated, int | float):
-                raise ValueError("updated_at is not a number")
-            token = check_secret(data.get("refresh_token"), "refresh_token")
-        except ValueError as exc:
-            raise StateFileError(f"{self._authorizers / name}: {exc}") from None
-        return Grant(appid=appid, refresh_token=token, updated_at=updated)
+            found, problems = self.journal.read()
+        except OSError as exc:
+            raise StateFileError(f"{self.journal.path}: cannot read: {exc.strerror}") from None
+        return list(found.values()), problems
 
     # -- files ----------------------------------------------------------------
 

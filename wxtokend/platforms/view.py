@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -63,6 +64,7 @@ def _row(e: Authorizer, now: float) -> dict[str, Any]:
         "appid": e.appid,
         "state": state,
         "expires_at": int(e.expires_at) if e.token else None,
+        "refresh_at": int(e.next_at) if math.isfinite(e.next_at) and e.next_at else None,
         "fingerprint": fingerprint(e.token) if e.token else None,
         "error": str(e.error) if e.error else None,
         "hint": e.error.hint if e.error else None,
