@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes import T0, VirtualClock
@@ -159,7 +160,9 @@ class TestListedGrants:
         book, _, _ = _book(tmp_path, clock, wire)
         book.adopt_listed(A1, "LISTED_1")
         book.adopt_listed(A2, "LISTED_2")
-        await _run_until(book, lambda: book.refreshes >= 1 and book.entries[A2].error is not None)
+        a1, a2 = book.entries[A1], book.entries[A2]
+        await _run_until(book, lambda: not a1.unsaved and a2.error is not None)
+        assert a2.unsaved  # its listed grant was never saved: WeChat refused it
         assert all_saved(book.entries)
 
     async def test_a_valid_accounts_listed_grant_is_saved_at_once(self, tmp_path: Path) -> None:
@@ -180,3 +183,49 @@ class TestListedGrants:
         assert Vault(vault.directory).listed()
         (vault.directory / "authorizer_list.json").write_text('{"listed_at": true}')
         assert not vault.listed()  # refused: read the list again, which loses nothing
+
+
+@pytest.mark.anyio
+class TestFailedWrites:
+    """A write that fails is retried alone: never another call (a rotation, quota spent)."""
+
+    async def test_token_files_are_written_again_without_a_call(self, tmp_path: Path) -> None:
+        clock = VirtualClock()
+        wire = FakeWire(clock)
+        book, vault, store = _book(tmp_path, clock, wire)
+        vault.save_grant(Grant(appid=A1, refresh_token="R1", updated_at=T0))
+        original, failures = store.save, [2]
+
+        def failing_save(record: Any) -> bool:
+            if failures[0]:
+                failures[0] -= 1
+                raise OSError(28, "No space left on device")
+            return original(record)
+
+        store.save = failing_save  # type: ignore[method-assign]
+        book.adopt_stored(())
+        await _run_until(book, lambda: store.load(A1, now=clock.now()) is not None)
+        assert len(wire.calls) == 1
+        assert failures == [0]
+
+    async def test_a_grant_is_written_again_without_a_call(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        clock = VirtualClock()
+        wire = FakeWire(clock)
+        book, vault, _ = _book(tmp_path, clock, wire)
+        vault.save_grant(Grant(appid=A1, refresh_token="R1", updated_at=T0))
+        original, failures = vault.save_grants, [1]
+
+        def failing(grants: list[Grant]) -> None:
+            if failures[0]:
+                failures[0] -= 1
+                raise OSError(30, "Read-only file system")
+            original(grants)
+
+        monkeypatch.setattr(vault, "save_grants", failing)
+        book.adopt_stored(())
+        rotated = lambda: _held(vault).get(A1, "R1") != "R1"  # noqa: E731
+        await _run_until(book, lambda: rotated() and not book.entries[A1].unsaved)
+        assert len(wire.calls) == 1
+        assert _held(vault)[A1] == book.entries[A1].refresh_token

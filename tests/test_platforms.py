@@ -276,7 +276,8 @@ class TestAuthorizerBook:
 
         store.save = checked_save  # type: ignore[method-assign]
         book.adopt_stored(())
-        await _run_until(book, lambda: len(wire.calls) >= 3 and book.refreshes >= 3)
+        on_disk = lambda: not (book.entries[A1].unsaved or book.entries[A1].unwritten)  # noqa: E731
+        await _run_until(book, lambda: book.refreshes >= 3 and on_disk())
         grants, _ = vault.grants()
         assert grants[0].refresh_token == f"REFRESH_{A1}_{book.refreshes}"
         record = store.load(A1, now=clock.now())

@@ -28,11 +28,10 @@ from wxtokend.credential import Token
 from wxtokend.errors import FetchError, ReauthorizationNeeded, StateFileError, TransientError
 from wxtokend.kinds.base import Dependency
 from wxtokend.platforms.calls import Sender
-from wxtokend.platforms.commit import GroupCommit, each
 from wxtokend.platforms.due import DueTimes
 from wxtokend.platforms.products import OPEN_PLATFORM, Product
 from wxtokend.platforms.vault import Grant, Vault
-from wxtokend.records import Record
+from wxtokend.platforms.writes import Writes
 from wxtokend.schedule import Policy, Rng, refresh_at, retry_at
 from wxtokend.store import TokenStore
 
@@ -55,6 +54,7 @@ class Authorizer:
     failures: int = 0
     error: FetchError | None = None
     unsaved: bool = False  # its refresh token is not in the vault yet (a failed write)
+    unwritten: bool = False  # its token is not in its files yet (a failed write)
 
     def valid(self, now: float) -> bool:
         return self.token is not None and now < self.expires_at
@@ -99,9 +99,8 @@ class AuthorizerBook:
         self._on_outcome = on_outcome or (lambda outcome: None)  # counts by outcome, for metrics
         self.entries: dict[str, Authorizer] = {}
         self._due = DueTimes(clock=clock, workers=workers)
-        self._grants: GroupCommit[Grant] = GroupCommit(lambda batch: _all(vault.save_grants, batch))
-        save_file = lambda r: self._store.save(r)  # noqa: E731 - late bound: tests replace it
-        self._files: GroupCommit[Record] = GroupCommit(each(save_file))
+        self._writes = Writes(vault=vault, store=store, api_base=sender.app.api_base, log=log)
+        self._grants = self._writes.grants
         self.refreshes = 0  # upstream refreshes done (for metrics)
 
     # -- start ------------------------------------------------------------------
@@ -184,7 +183,11 @@ class AuthorizerBook:
     async def _refresh_due(self, appid: str, at: float) -> None:
         entry = self.entries.get(appid)
         # Not due any more: re-planned later meanwhile, and that plan is on the heap too.
-        if entry is not None and entry.next_at <= self._clock.now():
+        if entry is None or entry.next_at > self._clock.now():
+            return
+        if entry.valid(self._clock.now()) and (entry.unsaved or entry.unwritten):
+            await self._write(entry)  # writes failed: only they are retried, no call
+        else:
             await self._refresh(entry)
 
     def _plan(self, entry: Authorizer, at: float) -> None:
@@ -210,42 +213,24 @@ class AuthorizerBook:
 
     async def _keep(self, entry: Authorizer, token: Token, refresh: str) -> None:
         """The vault first (the refresh token must never be lost), then the token files."""
-        if refresh != entry.refresh_token or entry.unsaved:
+        if refresh != entry.refresh_token:
             entry.refresh_token, entry.unsaved = refresh, True  # held in memory, whatever comes
-            grant = Grant(appid=entry.appid, refresh_token=refresh, updated_at=self._clock.now())
-            try:
-                await self._grants.save(grant)
-                entry.unsaved = False
-            except OSError as exc:
-                self._log.error(
-                    "cannot write a refresh token to state_dir: kept in memory, written with"
-                    " the next refresh",
-                    authorizer=entry.appid,
-                    error=exc.strerror,
-                    fix="make state_dir writable for the user wxtokend runs as",
-                )
-        record = Record.of(
-            token,
-            appid=entry.appid,
-            name=entry.appid,
-            grant="classic",
-            api_base=self._send.app.api_base,
-        )
         entry.token, entry.fetched_at, entry.expires_at = (
             token.access_token,
             token.fetched_at,
             token.expires_at,
         )
-        entry.failures, entry.error = 0, None
-        try:
-            await self._files.save(record)
-        except OSError as exc:
-            self._log.error("cannot write token files", authorizer=entry.appid, error=exc.strerror)
-            self._plan(entry, self._clock.now() + 5.0)  # the token is kept; write it again soon
-            return
+        entry.failures, entry.error, entry.unwritten = 0, None, True
+        await self._write(entry)
         self.refreshes += 1
         self._on_outcome("ok")
-        self._plan(entry, self._refresh_point(entry, self._clock.now()))
+
+    async def _write(self, entry: Authorizer) -> None:
+        """What is not on disk yet; a failed write is tried again alone in 5 s."""
+        if await self._writes.write(entry, self._clock.now()):
+            self._plan(entry, self._refresh_point(entry, self._clock.now()))
+        else:
+            self._plan(entry, self._clock.now() + 5.0)
 
     async def _failed(self, entry: Authorizer, error: FetchError, component: str | None) -> None:
         now = self._clock.now()
@@ -328,12 +313,6 @@ async def _component_token(component: Dependency) -> str:
         raise TransientError("no valid component_access_token yet")
     token: str = record.access_token
     return token
-
-
-def _all(write: Callable[[list[Grant]], None], batch: list[Grant]) -> list[OSError | None]:
-    """One durable write for the whole batch: it succeeds or fails as one."""
-    write(batch)
-    return [None] * len(batch)
 
 
 def count(entries: Iterable[Authorizer], now: float) -> dict[str, int]:
