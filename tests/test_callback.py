@@ -253,8 +253,11 @@ class TestListener:
             got.append((name, event))
 
         clock = VirtualClock(time.time())
+        counted: list[tuple[str, str]] = []
         app = callback_app(
-            intakes={"agency": Intake(_crypto(), product="open", clock=clock)}, deliver=deliver
+            intakes={"agency": Intake(_crypto(), product="open", clock=clock)},
+            deliver=deliver,
+            count=lambda platform, result: counted.append((platform, result)),
         )
         ts = str(int(clock.now()))
         body, signature = _crypto().seal(
@@ -275,7 +278,16 @@ class TestListener:
                 await http.post("/callback/other", params=query, content=body)
             ).status_code == 404
             assert (await http.get("/v1/apps")).status_code == 404
+            malformed = await http.post("/callback/agency", params=query, content=b"<xml")
+            assert malformed.status_code == 400
         assert [name for name, _ in got] == ["agency"]
+        # The metric's counts; the unknown name is not one of its labels.
+        assert counted == [
+            ("agency", "accepted"),
+            ("agency", "forged"),
+            ("agency", "forged"),
+            ("agency", "malformed"),
+        ]
         assert "TICKET_SECRET" not in stream.getvalue()
         assert TOKEN not in stream.getvalue()
         assert AES_KEY not in stream.getvalue()

@@ -150,6 +150,9 @@ class TestChain:
             assert len(listing["authorizers"]) == 2
             metrics = admin.get("/metrics").text
             assert 'wxtokend_platform_authorizers{platform="agency",state="ok"} 4.0' in metrics
+            assert (
+                'wxtokend_platform_callbacks_total{platform="agency",result="accepted"}' in metrics
+            )
         log = proc.log_text()
         for secret in (SECRET, TOKEN, AES_KEY, *refresh_tokens):
             assert secret not in log

@@ -69,7 +69,11 @@ def bind_listeners(daemon: Service) -> list[Bound]:
             )
     callback = daemon.config.callback_listen
     if callback is not None:
-        app = callback_app(intakes=daemon.platforms.intakes(), deliver=daemon.platforms.deliver)
+        app = callback_app(
+            intakes=daemon.platforms.intakes(),
+            deliver=daemon.platforms.deliver,
+            count=daemon.metrics.callback,
+        )
         try:
             bound.append(Bound(asgi.bind(callback), app, role="callback"))
         except OSError as exc:

@@ -112,6 +112,14 @@ class Metrics:
             ["platform", "outcome"],
             registry=r,
         )
+        self._callbacks = Counter(
+            "wxtokend_platform_callbacks",
+            "Callbacks a platform's listener (or the admin forwarding endpoint) received, by"
+            " result: accepted, forged (bad signature, replayed, stale, another appid),"
+            " malformed. Forged ones in numbers mean someone other than WeChat is calling.",
+            ["platform", "result"],
+            registry=r,
+        )
         self._fleet_up = Gauge(
             "wxtokend_fleet_redis_up", "1 while the fleet's Redis answers, else 0.", registry=r
         )
@@ -165,6 +173,10 @@ class Metrics:
 
     def authorizer_refresh(self, platform: str, outcome: str) -> None:
         self._authorizer_refresh.labels(platform, outcome).inc()
+
+    def callback(self, platform: str, result: str) -> None:
+        """Only for configured platforms' names: an unknown name is never a label."""
+        self._callbacks.labels(platform, result).inc()
 
     def fleet_up(self, up: bool) -> None:
         self._fleet_up.set(1 if up else 0)

@@ -51,7 +51,9 @@ def platform_routes(daemon: Service) -> list[Route]:
         intake = daemon.platforms.intakes().get(name)
         if intake is None:
             return _unknown(daemon, name)
-        return await handle_callback(request, name, intake, daemon.platforms.deliver)
+        return await handle_callback(
+            request, name, intake, daemon.platforms.deliver, daemon.metrics.callback
+        )
 
     return [
         Route("/v1/platforms", platforms, methods=["GET"]),

@@ -24,14 +24,19 @@ from wxtokend.errors import BadCallback
 from wxtokend.guard import RequestGuard
 from wxtokend.logs import get_logger
 
-__all__ = ["CALLBACK_BODY_LIMIT", "Deliver", "callback_app", "handle_callback"]
+__all__ = ["CALLBACK_BODY_LIMIT", "Count", "Deliver", "callback_app", "handle_callback"]
 
 CALLBACK_BODY_LIMIT = 64 * 1024  # a callback is well under 2 KiB
 Deliver = Callable[[str, Event], Awaitable[None]]
+Count = Callable[[str, str], None]  # (platform, result) for the callbacks metric
+
+
+def _uncounted(platform: str, result: str) -> None:
+    return None
 
 
 async def handle_callback(
-    request: Request, name: str, intake: Intake, deliver: Deliver
+    request: Request, name: str, intake: Intake, deliver: Deliver, count: Count = _uncounted
 ) -> Response:
     """Open one callback and hand its event on; the answer WeChat expects, or a refusal."""
     body = await request.body()
@@ -39,20 +44,24 @@ async def handle_callback(
         event = intake.open(body, request.query_params)
     except BadCallback as exc:
         get_logger().warning("callback refused", platform=name, reason=str(exc))
-        status = 403 if isinstance(exc, Forged) else 400
-        return PlainTextResponse(f"refused: {exc}\n", status_code=status)
+        forged = isinstance(exc, Forged)
+        count(name, "forged" if forged else "malformed")
+        return PlainTextResponse(f"refused: {exc}\n", status_code=403 if forged else 400)
+    count(name, "accepted")
     if event is not None:
         await deliver(name, event)
     return PlainTextResponse("success")
 
 
-def callback_app(*, intakes: Mapping[str, Intake], deliver: Deliver) -> Starlette:
+def callback_app(
+    *, intakes: Mapping[str, Intake], deliver: Deliver, count: Count = _uncounted
+) -> Starlette:
     async def callback(request: Request) -> Response:
         name = request.path_params["name"]
         intake = intakes.get(name)
         if intake is None:
             return PlainTextResponse("no such callback\n", status_code=404)
-        return await handle_callback(request, name, intake, deliver)
+        return await handle_callback(request, name, intake, deliver, count)
 
     async def nothing(_: Request) -> Response:
         return PlainTextResponse("not found\n", status_code=404)
