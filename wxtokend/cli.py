@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from wxtokend import __version__, emulator, logs
 from wxtokend.admin import SigningError, signed_fields, signing_ticket
-from wxtokend.config import COMPONENT_FILE, Config, json_schema, load_config
+from wxtokend.config import Config, json_schema, load_config
 from wxtokend.errors import (
     ConfigError,
     FetchError,
@@ -27,6 +26,7 @@ from wxtokend.errors import (
     TransientError,
     WxTokendError,
 )
+from wxtokend.get_platform import get_platform
 from wxtokend.redact import fingerprint
 from wxtokend.serve import run_daemon
 from wxtokend.store import Record, TokenStore, check_directory
@@ -169,51 +169,10 @@ def _schema(_: argparse.Namespace) -> int:
     return 0
 
 
-_AUTHORIZER = re.compile(r"wx[0-9a-f]{16}")
-
-
-def _get_platform(config: Config, key: str) -> int:
-    """``get <platform>/<authorizer_appid>`` (or ``<platform>/component``)."""
-    name, _, authorizer = key.partition("/")
-    platform = next((p for p in config.platforms if p.name == name), None)
-    if platform is None:
-        names = ", ".join(p.name for p in config.platforms) or "none"
-        print(
-            f"wxtokend: no platform named {name!r} in {config.path} (platforms: {names})",
-            file=sys.stderr,
-        )
-        return 2
-    if authorizer != "component" and not _AUTHORIZER.fullmatch(authorizer):
-        print(
-            f"wxtokend: {authorizer!r} is not an authorizer appid (wx + 16 hex digits)"
-            " or 'component'",
-            file=sys.stderr,
-        )
-        return 2
-    file = COMPONENT_FILE if authorizer == "component" else authorizer
-    appid = platform.component_appid if authorizer == "component" else authorizer
-    store = TokenStore(directory=config.output_dir / name, file_mode=config.file_mode)
-    try:
-        record = store.load(file)
-    except (StateFileError, ValueError) as exc:
-        print(f"wxtokend: {key}: its token file is unusable: {exc}", file=sys.stderr)
-        return 1
-    problem = _token_problem(record, appid, time.time())
-    if record is None or problem:
-        print(
-            f"wxtokend: {key}: {problem} in {store.directory} — has it authorized the platform,"
-            " and is the daemon running? Its log and /readyz say why.",
-            file=sys.stderr,
-        )
-        return 1
-    sys.stdout.write(record.access_token + ("\n" if sys.stdout.isatty() else ""))
-    return 0
-
-
 def _get(args: argparse.Namespace) -> int:
     config = _load(args, secrets=False)  # consumers run this: no secrets needed
     if "/" in args.name:
-        return _get_platform(config, args.name)
+        return get_platform(config, args.name, _token_problem)
     app = config.app(args.name)
     if app is None:
         names = ", ".join(a.name for a in config.apps)

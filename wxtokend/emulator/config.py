@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from wxtokend.emulator.platform_config import EmulatedPlatform, platform_from
+from wxtokend.emulator.suite_config import EmulatedSuite, suite_from
 
 __all__ = [
     "SCALARS",
@@ -138,6 +139,7 @@ class EmulatorConfig:
     faults: Faults = field(default_factory=Faults)
     apps: tuple[EmulatedApp, ...] = ()
     platforms: tuple[EmulatedPlatform, ...] = ()
+    suites: tuple[EmulatedSuite, ...] = ()
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
@@ -266,7 +268,7 @@ SCALARS: dict[str, Callable[[object, str], object]] = {
 
 def _config_from(value: object) -> EmulatorConfig:
     data = _as_mapping({} if value is None else value, "the top level")
-    _known_keys(data, (*SCALARS, "ip_whitelist", "faults", "apps", "platforms"), "")
+    _known_keys(data, (*SCALARS, "ip_whitelist", "faults", "apps", "platforms", "suites"), "")
     kwargs: dict[str, Any] = {
         key: convert(data[key], key) for key, convert in SCALARS.items() if key in data
     }
@@ -286,6 +288,12 @@ def _config_from(value: object) -> EmulatorConfig:
             kwargs["platforms"] = tuple(
                 platform_from(p, f"platforms[{i}]") for i, p in enumerate(entries)
             )
+        except ValueError as exc:
+            raise EmulatorConfigError(str(exc)) from None
+    if "suites" in data:
+        entries = _as_list(data["suites"], "suites")
+        try:
+            kwargs["suites"] = tuple(suite_from(s, f"suites[{i}]") for i, s in enumerate(entries))
         except ValueError as exc:
             raise EmulatorConfigError(str(exc)) from None
     return EmulatorConfig(**kwargs)

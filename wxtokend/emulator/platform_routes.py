@@ -18,28 +18,49 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from wxtokend.callback.crypto import MessageCrypto
 from wxtokend.emulator.control import parse_object
 from wxtokend.emulator.core import Core
 from wxtokend.emulator.faults import hijack, roll
 from wxtokend.emulator.openplatform import OpenPlatform
 from wxtokend.emulator.replies import Reply, error
 
-__all__ = ["Pusher", "platform_routes"]
+__all__ = ["Pushed", "Pusher", "platform_routes"]
 
 _WXID = re.compile(r"wx[0-9a-f]{16}")
+
+
+class _Receiver(Protocol):
+    """A platform or suite as the pusher sees it."""
+
+    @property
+    def config(self) -> Any: ...  # its callback_url and ticket_push_interval
+
+    @property
+    def crypto(self) -> MessageCrypto: ...
+
+
+class Pushed(Protocol):
+    """Open Platform platforms or WeCom suites: the receivers, and a new ticket's message."""
+
+    @property
+    def platforms(self) -> Mapping[str, _Receiver]: ...
+
+    def new_ticket(self, receiver: str, now: float) -> bytes: ...
 
 
 class Pusher:
     """Sends sealed messages to platforms' callback URLs; pushes tickets on a timer."""
 
-    def __init__(self, open_platform: OpenPlatform, *, clock: Callable[[], float]) -> None:
+    def __init__(self, open_platform: Pushed, *, clock: Callable[[], float]) -> None:
         self._open = open_platform
         self._clock = clock
         self.failures = 0

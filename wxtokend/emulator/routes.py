@@ -24,6 +24,7 @@ from wxtokend.emulator.faults import held, hijack
 from wxtokend.emulator.platform_routes import Pusher, platform_routes
 from wxtokend.emulator.replies import error
 from wxtokend.emulator.state import WeChatState
+from wxtokend.emulator.suite_routes import suite_routes
 
 __all__ = ["Emulator"]
 
@@ -63,6 +64,7 @@ class Emulator:
         self.config = config
         self.state = WeChatState(config, clock=clock)
         self.pusher = Pusher(self.state.open_platform, clock=clock)
+        self.suite_pusher = Pusher(self.state.wecom_suites, clock=clock)
         self.app = Starlette(
             routes=[
                 Route("/cgi-bin/token", held(self._token), methods=["GET", "POST"]),
@@ -74,6 +76,7 @@ class Emulator:
                 Route("/cgi-bin/ticket/get", held(self._ticket_get), methods=["GET"]),
                 *control_routes(self.state),
                 *platform_routes(self.state.open_platform, self.state.core, self.pusher),
+                *suite_routes(self.state.wecom_suites, clock, self.suite_pusher.push_once),
             ]
         )
 
@@ -89,12 +92,19 @@ class Emulator:
             sock if sock is not None else await _bind(self.config.host, self.config.port)
         )
         url = base_url(listener)
-        pushes = asyncio.create_task(self.pusher.run()) if self.config.platforms else None
+        pushes = [
+            asyncio.create_task(pusher.run())
+            for pusher, wanted in (
+                (self.pusher, self.config.platforms),
+                (self.suite_pusher, self.config.suites),
+            )
+            if wanted
+        ]
         try:
             await serve(self.app, [listener], ready=(lambda: ready(url)) if ready else None)
         finally:
-            if pushes is not None:
-                pushes.cancel()
+            for task in pushes:
+                task.cancel()
 
     async def _token(self, request: Request) -> Response:
         query = request.query_params
@@ -196,9 +206,13 @@ class Emulator:
     async def _getcallbackip(self, request: Request) -> Response:
         access_token = request.query_params.get("access_token", "")
         now = self.state.core.clock()
-        authorizer = self.state.open_platform.check_authorizer_token(access_token, now)
-        if authorizer is not None:
-            return JSONResponse(authorizer)
+        for third_party in (
+            self.state.open_platform.check_authorizer_token,
+            self.state.wecom_suites.check_corp_token,
+        ):
+            answer = third_party(access_token, now)
+            if answer is not None:
+                return JSONResponse(answer)
         return JSONResponse(self.state.official.check_token(access_token))
 
 

@@ -18,6 +18,7 @@ from wxtokend.emulator.official import Official
 from wxtokend.emulator.openplatform import OpenPlatform
 from wxtokend.emulator.replies import Reply
 from wxtokend.emulator.wecom import WeCom
+from wxtokend.emulator.wecom_suite import WeComSuites
 
 __all__ = ["WeChatState"]
 
@@ -40,6 +41,7 @@ class WeChatState:
         self.official = Official(self.core)
         self.wecom = WeCom(self.core)
         self.open_platform = OpenPlatform(config.platforms, grace=config.grace, now=clock())
+        self.wecom_suites = WeComSuites(config.suites, grace=config.grace)
 
     def now(self) -> float:
         return self.core.clock()
