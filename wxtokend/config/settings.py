@@ -71,11 +71,13 @@ class AppConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PlatformConfig:
-    """An Open Platform third-party platform (第三方平台), its secrets already read.
+    """A third-party platform, its secrets already read: an Open Platform 第三方平台
+    (``product="open"``: component_appid, authorizers) or a WeCom 第三方应用
+    (``product="wecom"``: the suite_id in ``component_appid``, corps as authorizers).
 
-    Its component token and each authorizer's token are files under
-    ``output_dir/<name>/``; its pushed ticket and the authorizers' refresh tokens
-    are kept in ``state_dir/<name>/``, which consumers cannot read.
+    Its upper token (component or suite) and each account's token are files under
+    ``output_dir/<name>/``; its pushed ticket and the accounts' refresh tokens or
+    permanent codes are kept in ``state_dir/<name>/``, which consumers cannot read.
     """
 
     name: str
