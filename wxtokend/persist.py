@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
@@ -22,6 +23,8 @@ from wxtokend.metrics import Metrics
 from wxtokend.store import Record, TokenStore, write_fix
 
 __all__ = ["Files", "in_writer"]
+
+T = TypeVar("T")
 
 
 class Files:
@@ -154,12 +157,13 @@ def _writers() -> ThreadPoolExecutor:
     return _WRITER_POOL
 
 
-async def in_writer(work: Callable[..., object], *args: object) -> None:
-    """``work(*args)`` in the writer threads. If the caller is cancelled meanwhile, the
-    thread still finishes before the cancellation goes on, so no later write overlaps it."""
+async def in_writer(work: Callable[..., T], *args: object) -> T:
+    """``work(*args)`` in the writer threads, and its result. If the caller is cancelled
+    meanwhile, the thread still finishes before the cancellation goes on, so no later
+    write overlaps it."""
     future = asyncio.get_running_loop().run_in_executor(_writers(), work, *args)
     try:
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
     except asyncio.CancelledError:
         while not future.done():  # a second cancellation must not cut this wait short
             with contextlib.suppress(asyncio.CancelledError):

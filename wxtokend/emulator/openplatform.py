@@ -25,7 +25,7 @@ from wxtokend.callback.crypto import MessageCrypto
 from wxtokend.emulator.platform_config import EmulatedPlatform
 from wxtokend.emulator.replies import Reply, error
 
-__all__ = ["OpenPlatform", "PlatformState", "authorizer_appid"]
+__all__ = ["OpenPlatform", "PlatformState", "authorizer_appid", "rotate", "text"]
 
 
 def authorizer_appid(index: int) -> str:
@@ -162,26 +162,26 @@ class OpenPlatform:
     # -- WeChat's endpoints ----------------------------------------------------
 
     def component_token(self, body: dict[str, object], now: float) -> Reply:
-        component = _text(body, "component_appid")
+        component = text(body, "component_appid")
         platform = self.platforms.get(component)
         if platform is None:
             return error(40013, "invalid appid")
         platform.count("api_component_token")
-        if _text(body, "component_appsecret") != platform.config.component_appsecret:
+        if text(body, "component_appsecret") != platform.config.component_appsecret:
             return error(40125, "invalid appsecret")
-        refused = platform.ticket_error(_text(body, "component_verify_ticket"), now)
+        refused = platform.ticket_error(text(body, "component_verify_ticket"), now)
         if refused is not None:
             return refused
         token = f"component@@@{secrets.token_urlsafe(32)}"
         lifetime = platform.config.component_token_lifetime
-        _rotate(platform.component_tokens, token, now + lifetime, now, platform.grace)
+        rotate(platform.component_tokens, token, now + lifetime, now, platform.grace)
         return {"component_access_token": token, "expires_in": lifetime}
 
     def query_auth(self, upper: str, body: dict[str, object], now: float) -> Reply:
         platform, refused = self._platform(upper, body, now, "api_query_auth")
         if platform is None:
             return refused
-        code = _text(body, "authorization_code")
+        code = text(body, "authorization_code")
         appid, expires = platform.codes.pop(code, ("", 0.0))
         if not appid or now > expires:
             return error(61010, "code is expired or invalid")
@@ -206,8 +206,8 @@ class OpenPlatform:
         platform, refused = self._platform(upper, body, now, "api_authorizer_token")
         if platform is None:
             return refused
-        appid = _text(body, "authorizer_appid")
-        given = _text(body, "authorizer_refresh_token")
+        appid = text(body, "authorizer_appid")
+        given = text(body, "authorizer_refresh_token")
         found = platform.authorizer(appid)
         if found is None or not found.authorized:
             return error(61003, "component is not authorized by this account")
@@ -277,7 +277,7 @@ class OpenPlatform:
     def _platform(
         self, upper: str, body: dict[str, object], now: float, endpoint: str
     ) -> tuple[PlatformState | None, Reply]:
-        platform = self.platforms.get(_text(body, "component_appid"))
+        platform = self.platforms.get(text(body, "component_appid"))
         if platform is None:
             return None, error(40013, "invalid appid")
         platform.count(endpoint)
@@ -293,12 +293,12 @@ class OpenPlatform:
         lifetime = platform.config.authorizer_token_lifetime
         for old in [t for t, e in found.tokens.items() if e <= now]:
             self._token_owner.pop(old, None)
-        _rotate(found.tokens, token, now + lifetime, now, platform.grace)
+        rotate(found.tokens, token, now + lifetime, now, platform.grace)
         self._token_owner[token] = (platform.config.component_appid, appid)
         return token, lifetime
 
 
-def _rotate(tokens: dict[str, float], token: str, expires: float, now: float, grace: float) -> None:
+def rotate(tokens: dict[str, float], token: str, expires: float, now: float, grace: float) -> None:
     """The new token; the previous ones keep at most ``grace`` s (like classic tokens)."""
     for old, old_expires in list(tokens.items()):
         tokens[old] = min(old_expires, now + grace)
@@ -307,6 +307,7 @@ def _rotate(tokens: dict[str, float], token: str, expires: float, now: float, gr
     tokens[token] = expires
 
 
-def _text(body: dict[str, object], key: str) -> str:
+def text(body: dict[str, object], key: str) -> str:
+    """A request body's text field; "" when absent or not text."""
     value = body.get(key)
     return value if isinstance(value, str) else ""

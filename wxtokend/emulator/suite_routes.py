@@ -14,8 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wxtokend.emulator.control import parse_object
+from wxtokend.emulator.openplatform import text
 from wxtokend.emulator.replies import Reply, error
-from wxtokend.emulator.wecom_suite import ID, SuiteState, WeComSuites, text
+from wxtokend.emulator.wecom_suite import ID, SuiteState, WeComSuites
 
 __all__ = ["suite_routes"]
 

@@ -26,10 +26,11 @@ import secrets
 from dataclasses import dataclass, field
 
 from wxtokend.callback.crypto import MessageCrypto
+from wxtokend.emulator.openplatform import rotate, text
 from wxtokend.emulator.replies import Reply, error
 from wxtokend.emulator.suite_config import EmulatedSuite
 
-__all__ = ["ID", "SuiteState", "WeComSuites", "text"]
+__all__ = ["ID", "SuiteState", "WeComSuites"]
 
 ID = re.compile(r"[A-Za-z0-9]{6,64}")  # a corpid
 
@@ -108,12 +109,16 @@ class WeComSuites:
         if text(body, "suite_secret") != suite.config.suite_secret:
             return error(40125, "invalid suite_secret")
         given = text(body, "suite_ticket")
-        fresh = [t for t, created in suite.tickets[-2:] if now <= created + _life(suite)]
+        fresh = [
+            t
+            for t, created in suite.tickets[-2:]
+            if now <= created + suite.config.suite_ticket_lifetime
+        ]
         if given not in fresh:
             return error(40085, "invalid suite_ticket")
         token = f"suite@@@{secrets.token_urlsafe(32)}"
         lifetime = suite.config.suite_token_lifetime
-        _rotate(suite.suite_tokens, token, now + lifetime, now, suite.grace)
+        rotate(suite.suite_tokens, token, now + lifetime, now, suite.grace)
         return {"errcode": 0, "suite_access_token": token, "expires_in": lifetime}
 
     def provider_token(self, body: dict[str, object], now: float) -> Reply:
@@ -126,7 +131,7 @@ class WeComSuites:
             return error(40013, "invalid corpid or provider_secret")
         suite.count("get_provider_token")
         token = f"provider@@@{secrets.token_urlsafe(32)}"
-        _rotate(suite.provider_tokens, token, now + 7200, now, suite.grace)
+        rotate(suite.provider_tokens, token, now + 7200, now, suite.grace)
         return {"errcode": 0, "provider_access_token": token, "expires_in": 7200}
 
     def permanent_code(self, suite: SuiteState, body: dict[str, object], now: float) -> Reply:
@@ -191,7 +196,7 @@ class WeComSuites:
         lifetime = suite.config.corp_token_lifetime
         for old in [t for t, e in corp.tokens.items() if e <= now]:
             self._owner.pop(old, None)
-        _rotate(corp.tokens, token, now + lifetime, now, suite.grace)
+        rotate(corp.tokens, token, now + lifetime, now, suite.grace)
         self._owner[token] = (suite.config.suite_id, corpid)
         return token, lifetime
 
@@ -202,21 +207,3 @@ def _xml(suite_id: str, info: str, now: float, **values: str) -> bytes:
         f"<xml><SuiteId><![CDATA[{suite_id}]]></SuiteId><InfoType><![CDATA[{info}]]></InfoType>"
         f"<TimeStamp>{int(now)}</TimeStamp>{extra}</xml>"
     ).encode()
-
-
-def _life(suite: SuiteState) -> float:
-    return suite.config.suite_ticket_lifetime
-
-
-def _rotate(tokens: dict[str, float], token: str, expires: float, now: float, grace: float) -> None:
-    """The new token; the previous ones keep at most ``grace`` s."""
-    for old, old_expires in list(tokens.items()):
-        tokens[old] = min(old_expires, now + grace)
-        if tokens[old] <= now:
-            del tokens[old]
-    tokens[token] = expires
-
-
-def text(body: dict[str, object], key: str) -> str:
-    value = body.get(key)
-    return value if isinstance(value, str) else ""

@@ -63,7 +63,7 @@ class GroupCommit(Generic[T]):
             batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
             items = [item for item, _ in batch]
             try:
-                outcomes: Outcomes = await _run(self._write, items)
+                outcomes = await in_writer(self._write, items)
             except Exception as exc:  # every caller gets it, none hangs
                 outcomes = [
                     exc
@@ -77,9 +77,3 @@ class GroupCommit(Generic[T]):
                     done.set_result(None)
                 else:
                     done.set_exception(outcome)
-
-
-async def _run(write: Callable[[list[T]], Outcomes], items: list[T]) -> Outcomes:
-    result: list[Outcomes] = []
-    await in_writer(lambda: result.append(write(items)))
-    return result[0]
