@@ -82,7 +82,7 @@ class Daemon:
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._log = get_logger()
         parts = (self.clock, self._rng, self._policy, self._semaphore, self.metrics)
-        self.platforms = PlatformSet(config, source, *parts)
+        self.platforms = PlatformSet(config, source, *parts, fleet=self.fleet)
         self._wire_parts()
         for app in config.apps:
             self._loopset.add(app)
@@ -107,6 +107,7 @@ class Daemon:
         self._follower = Follower(
             self.fleet, loops=self._loops, fleet_keys=self._loopset.fleet_keys, log=self._log
         )
+        self._follower.also = self.platforms.on_fleet_update
         self._announcer = Announcer(
             notifier=self.notifier,
             clock=self.clock,

@@ -31,7 +31,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -78,6 +78,7 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+R = TypeVar("R")
 _KEEP_RECORD = 86400.0  # a record outlives its token by a day, then Redis drops it
 
 
@@ -239,24 +240,45 @@ class Fleet:
     # -- records -------------------------------------------------------------
 
     async def read(self, credential: str) -> Shared | None:
-        """The record under ``credential``; None if there is none or it was rejected.
+        """The record under ``credential``; None if absent or rejected (then the caller
+        goes on with its current token, and fetches if it may: never adopted)."""
+        return await self.read_checked(
+            credential,
+            lambda raw: Shared.from_json(
+                raw, credential=credential, key=self._key_bytes, now=self._now()
+            ),
+        )
 
-        A rejected record is treated as absent: never adopted, never written to a
-        file; the caller goes on with its current token (and fetches if it may).
-        """
+    async def read_checked(self, credential: str, parse: Callable[[bytes], R]) -> R | None:
+        """The record under ``credential`` as ``parse`` makes it; None if absent or if
+        ``parse`` raised RejectedRecord (logged and counted once per stored value)."""
         key = self._key("rec", credential)
         raw = await self._call(self._redis.get(key))
         if raw is None:
             return None
         try:
-            record = Shared.from_json(
-                raw, credential=credential, key=self._key_bytes, now=self._now()
-            )
+            record = parse(raw)
         except RejectedRecord as exc:
             self._reject(key, raw, str(exc))
             return None
         self._rejected.pop(key, None)
         return record
+
+    async def read_many_checked(
+        self, credentials: list[str], parse: Callable[[str, bytes], R]
+    ) -> dict[str, R]:
+        """Like :meth:`read_checked` for many credentials in one round trip (MGET):
+        the accepted records by credential; absent and rejected ones left out."""
+        keys, found = [self._key("rec", c) for c in credentials], {}
+        raws = await self._call(self._redis.mget(keys)) if keys else []
+        for credential, key, raw in zip(credentials, keys, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                found[credential] = parse(credential, raw)
+            except RejectedRecord as exc:
+                self._reject(key, raw, str(exc))
+        return found
 
     def _reject(self, key: str, raw: bytes, reason: str) -> None:
         """Log and count a refused record once, however often it is read again."""
@@ -279,15 +301,20 @@ class Fleet:
 
     async def write(self, credential: str, record: Shared) -> bool:
         """Compare-and-set: stored only if its version beats the stored one; then published."""
-        keep_ms = int(max(1.0, record.expires_at - self._now() + _KEEP_RECORD) * 1000)
+        raw, version = record.to_json(self._key_bytes), record.version
+        return await self.write_raw(credential, raw, version, record.expires_at)
+
+    async def write_raw(self, credential: str, raw: str, version: int, expires_at: float) -> bool:
+        """Compare-and-set of a signed JSON record whose ``version`` field is ``version``:
+        stored only if it beats the stored one, kept a day past ``expires_at``, published."""
+        keep_ms = int(max(1.0, expires_at - self._now() + _KEEP_RECORD) * 1000)
         keys = [self._key("rec", credential), self.channel]
-        args: list[str | int] = [
-            record.to_json(self._key_bytes),
-            record.version,
-            keep_ms,
-            credential,
-        ]
+        args: list[str | int] = [raw, version, keep_ms, credential]
         return bool(await self._call(self._cas(keys=keys, args=args)))
+
+    def derived_key(self, label: str) -> bytes:
+        """A key for one purpose only (``label``), derived from the fleet key."""
+        return hmac.new(self._key_bytes, label.encode(), hashlib.sha256).digest()
 
     # -- the fetch lock ------------------------------------------------------
 

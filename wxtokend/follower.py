@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ class Follower:
         log: Any,
     ) -> None:
         self._fleet, self._loops, self._fleet_keys, self._log = fleet, loops, fleet_keys, log
+        # Other parts' credentials (the platforms'): followed there, True if taken.
+        self.also: Callable[[str], bool] | None = None
         self._following: set[str] = set()
         self._follow_tasks: set[asyncio.Task[bool]] = set()
 
@@ -53,6 +55,9 @@ class Follower:
     def _on_fleet_update(self, credential: str) -> None:
         """Pushed by pub/sub: a credential changed somewhere in the fleet; follow it."""
         loop = self._fleet_keys.get(credential)
+        if loop is None and self.also is not None:
+            self.also(credential)
+            return
         if loop is None or credential in self._following:
             return  # one pending follow per credential: a flood of messages coalesces
         self._following.add(credential)

@@ -21,6 +21,7 @@ from wxtokend.callback.events import (
 from wxtokend.callback.intake import Intake
 from wxtokend.clock import Clock
 from wxtokend.config import Config
+from wxtokend.fleet import Fleet
 from wxtokend.metrics import Metrics
 from wxtokend.platforms.platform import Platform
 from wxtokend.schedule import Policy, Rng
@@ -40,6 +41,8 @@ class PlatformSet:
         policy: Policy,
         semaphore: asyncio.Semaphore,
         metrics: Metrics,
+        *,
+        fleet: Fleet | None = None,
     ) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -55,6 +58,7 @@ class PlatformSet:
                 policy=policy,
                 semaphore=semaphore,
                 metrics=metrics,
+                fleet=fleet,
             )
             for p in config.platforms
         }
@@ -87,6 +91,15 @@ class PlatformSet:
         task = asyncio.create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def on_fleet_update(self, credential: str) -> bool:
+        """A pub/sub hint from the fleet: followed if it is a platform's (True then)."""
+        for platform in self.platforms.values():
+            work = platform.in_fleet.follow(credential) if platform.in_fleet else None
+            if work is not None:
+                self._background(work)
+                return True
+        return False
 
     def __bool__(self) -> bool:
         return bool(self.platforms)

@@ -12,7 +12,10 @@ slot of the daemon's concurrency limit. Rules of one refresh:
   never retried until an ``authorized`` event brings a new code; the others go on;
 - a component token WeChat rejects is reported to the component loop
   (compare-and-refresh), and the authorizer retries shortly;
-- the token files are replaced only with a newer valid token, never blanked.
+- the token files are replaced only with a newer valid token, never blanked;
+- in fleet mode (a :class:`~wxtokend.platforms.shared.GrantShare`) an authorizer is
+  refreshed by the instance that takes its lock; the others adopt the record it
+  publishes (pushed by pub/sub, or read when their own timer fires) and call nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from wxtokend.kinds.base import Dependency
 from wxtokend.platforms.calls import Sender
 from wxtokend.platforms.due import DueTimes
 from wxtokend.platforms.products import OPEN_PLATFORM, Product
+from wxtokend.platforms.shared import GrantShare
 from wxtokend.platforms.vault import Grant, Vault
 from wxtokend.platforms.writes import Writes
 from wxtokend.schedule import Policy, Rng, refresh_at, retry_at
@@ -55,6 +59,8 @@ class Authorizer:
     error: FetchError | None = None
     unsaved: bool = False  # its refresh token is not in the vault yet (a failed write)
     unwritten: bool = False  # its token is not in its files yet (a failed write)
+    unshared: bool = False  # fleet mode: its grant is not in Redis yet
+    version: int = 0  # fleet mode: the version of the fleet's record it holds
 
     def valid(self, now: float) -> bool:
         return self.token is not None and now < self.expires_at
@@ -88,18 +94,24 @@ class AuthorizerBook:
         on_outcome: Any = None,
         product: Product = OPEN_PLATFORM,
         recover: Callable[[str], Awaitable[str | None]] | None = None,
+        share: GrantShare | None = None,
     ) -> None:
         self._product = product
         self._recover = recover  # an account's current grant, as WeChat lists it
         self._send, self._component = sender, component
         self._vault, self._store = vault, store
-        self._clock, self._rng, self._policy = clock, rng, policy
+        self._clock, self.rng, self._policy = clock, rng, policy
         self._semaphore = semaphore
         self._log = log
         self._on_outcome = on_outcome or (lambda outcome: None)  # counts by outcome, for metrics
         self.entries: dict[str, Authorizer] = {}
         self._due = DueTimes(clock=clock, workers=workers)
-        self._writes = Writes(vault=vault, store=store, api_base=sender.app.api_base, log=log)
+        self._share = share
+        # Fleet mode: how a due authorizer is refreshed (fleet_book.FleetBook.refresh).
+        self.in_fleet: Callable[[Authorizer], Awaitable[None]] | None = None
+        self._writes = Writes(
+            vault=vault, store=store, api_base=sender.app.api_base, log=log, share=share
+        )
         self._grants = self._writes.grants
         self.refreshes = 0  # upstream refreshes done (for metrics)
 
@@ -113,12 +125,12 @@ class AuthorizerBook:
             entry = Authorizer(appid=grant.appid, refresh_token=grant.refresh_token)
             self.entries[grant.appid] = entry
             loaded = _load_token(self._store, entry, now)
-            entry.next_at = self._refresh_point(entry, now) if loaded else now
+            entry.next_at = self.refresh_point(entry, now) if loaded else now
         for appid in expected:
             self.entries.setdefault(appid, Authorizer(appid=appid))
         for entry in self.entries.values():
             if entry.refresh_token is not None:
-                self._plan(entry, entry.next_at)
+                self.plan(entry, entry.next_at)
         return problems
 
     # -- events and sync ---------------------------------------------------------
@@ -138,10 +150,11 @@ class AuthorizerBook:
         entry.error = None
         if token is None:  # the reply had the grant only: fetch the token with it now
             entry.refresh_token = grant
+            entry.unshared = self._share is not None  # newer than any the fleet holds
             await self._grants.save(
                 Grant(appid=account, refresh_token=grant, updated_at=fetched_at)
             )
-            self._plan(entry, self._clock.now())
+            self.plan(entry, self._clock.now())
         else:
             await self._keep(entry, token, grant)
         self._log.info("account authorized the platform", authorizer=account)
@@ -159,7 +172,7 @@ class AuthorizerBook:
             return False
         entry.hold(refresh_token, saved=False)
         if not entry.valid(self._clock.now()):
-            self._plan(entry, self._clock.now())
+            self.plan(entry, self._clock.now())
         return True
 
     async def adopt_grant(self, appid: str, refresh_token: str) -> bool:
@@ -171,7 +184,7 @@ class AuthorizerBook:
         await self._grants.save(grant)
         entry.hold(refresh_token, saved=True)
         if not entry.valid(self._clock.now()):
-            self._plan(entry, self._clock.now())
+            self.plan(entry, self._clock.now())
         return True
 
     # -- the scheduler ------------------------------------------------------------
@@ -185,18 +198,21 @@ class AuthorizerBook:
         # Not due any more: re-planned later meanwhile, and that plan is on the heap too.
         if entry is None or entry.next_at > self._clock.now():
             return
-        if entry.valid(self._clock.now()) and (entry.unsaved or entry.unwritten):
-            await self._write(entry)  # writes failed: only they are retried, no call
+        if entry.valid(self._clock.now()) and (entry.unsaved or entry.unwritten or entry.unshared):
+            await self.write(entry)  # writes failed: only they are retried, no call
+        elif self.in_fleet is None:
+            await self.refresh(entry)
         else:
-            await self._refresh(entry)
+            await self.in_fleet(entry)
 
-    def _plan(self, entry: Authorizer, at: float) -> None:
+    def plan(self, entry: Authorizer, at: float) -> None:
         entry.next_at = at
         self._due.plan(entry.appid, at)
 
     # -- one refresh ---------------------------------------------------------------
 
-    async def _refresh(self, entry: Authorizer) -> None:
+    async def refresh(self, entry: Authorizer) -> None:
+        """One upstream refresh of ``entry`` with its refresh token."""
         refresh = entry.refresh_token
         if refresh is None:
             return
@@ -221,16 +237,19 @@ class AuthorizerBook:
             token.expires_at,
         )
         entry.failures, entry.error, entry.unwritten = 0, None, True
-        await self._write(entry)
+        entry.unshared = self._share is not None
+        await self.write(entry)
         self.refreshes += 1
         self._on_outcome("ok")
 
-    async def _write(self, entry: Authorizer) -> None:
+    async def write(self, entry: Authorizer) -> None:
         """What is not on disk yet; a failed write is tried again alone in 5 s."""
         if await self._writes.write(entry, self._clock.now()):
-            self._plan(entry, self._refresh_point(entry, self._clock.now()))
-        else:
-            self._plan(entry, self._clock.now() + 5.0)
+            self.plan(entry, self.refresh_point(entry, self._clock.now()))
+        elif entry.unsaved or entry.unwritten:
+            self.plan(entry, self._clock.now() + 5.0)
+        else:  # only Redis is missing: the state_dir holds the grant meanwhile
+            self.plan(entry, self._clock.now() + self.rng.uniform(10.0, 20.0))
 
     async def _failed(self, entry: Authorizer, error: FetchError, component: str | None) -> None:
         now = self._clock.now()
@@ -255,7 +274,7 @@ class AuthorizerBook:
             now=now,
             error=error,
             attempt=entry.failures,
-            rng=self._rng,
+            rng=self.rng,
             policy=self._policy,
             expires_at=valid_until,
         )
@@ -267,7 +286,7 @@ class AuthorizerBook:
             error=str(error),
             attempt=entry.failures,
         )
-        self._plan(entry, at)
+        self.plan(entry, at)
 
     async def _recovered(self, entry: Authorizer) -> bool:
         """A refused refresh token: WeChat's list may hold a newer one (a rotation whose
@@ -288,16 +307,19 @@ class AuthorizerBook:
         async with self._semaphore:
             return await self._send.send(call, self._product.errcodes)
 
-    def _refresh_point(self, entry: Authorizer, now: float) -> float:
+    def refresh_point(self, entry: Authorizer, now: float) -> float:
         # Spread over the lifetime's renewal window by the jitter: no herd at one mark.
         return refresh_at(
             now=now,
             fetched_at=entry.fetched_at,
             expires_at=entry.expires_at,
             grant="classic",
-            rng=self._rng,
+            rng=self.rng,
             policy=self._policy,
         )
+
+    def now(self) -> float:
+        return self._clock.now()
 
     # -- what the daemon reports ---------------------------------------------------
 

@@ -11,6 +11,7 @@ Events from the callback (tickets, authorizations) arrive at :meth:`Platform.del
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from wxtokend.callback.crypto import MessageCrypto
 from wxtokend.clock import Clock
 from wxtokend.config import Config, PlatformConfig
 from wxtokend.errors import FetchError, StateFileError
+from wxtokend.fleet import Fleet
 from wxtokend.kinds.suite import PROVIDER_TOKEN
 from wxtokend.logs import REDACTOR, get_logger
 from wxtokend.metrics import Metrics
@@ -28,8 +30,10 @@ from wxtokend.persist import in_writer
 from wxtokend.platforms import view
 from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.calls import Sender, WireClient
+from wxtokend.platforms.fleet_side import FleetSide
 from wxtokend.platforms.listing import Listing, all_saved, save_held
 from wxtokend.platforms.products import OPEN_PLATFORM, WECOM_SUITE, Product
+from wxtokend.platforms.shared import GrantShare
 from wxtokend.platforms.vault import PushedTicket, Vault
 from wxtokend.platforms.verify import VerifyTicket
 from wxtokend.refresher import Refresher
@@ -60,11 +64,13 @@ class Platform:
         policy: Policy,
         semaphore: asyncio.Semaphore,
         metrics: Metrics,
+        fleet: Fleet | None = None,
     ) -> None:
         self.config = config
+        share = GrantShare(fleet, config.component_appid) if fleet is not None else None
         self.name = config.name
-        self._clock = clock
-        self._log = get_logger(platform=config.name, component_appid=config.component_appid)
+        self.clock = clock
+        self.log = get_logger(platform=config.name, component_appid=config.component_appid)
         self.store = TokenStore(
             directory=daemon_config.output_dir / config.name,
             file_mode=daemon_config.file_mode,
@@ -78,13 +84,13 @@ class Platform:
             name=config.name,
             component_appid=config.component_appid,
             clock=clock,
-            log=self._log,
+            log=self.log,
             lifetime=product.ticket_lifetime,
             label=product.ticket_name,
         )
         app = config.component_app()
-        self.component = Refresher(
-            app,
+        loop = functools.partial(
+            Refresher,
             source=client,
             store=self.store,
             clock=clock,
@@ -92,28 +98,18 @@ class Platform:
             policy=policy,
             semaphore=semaphore,
             metrics=metrics,
-            kind=product.upper,
-            dependency=self.ticket,
-            stem=product.upper_file,
+            fleet=fleet,
         )
-        provider = config.provider_app()
+        self.component = loop(
+            app, kind=product.upper, dependency=self.ticket, stem=product.upper_file
+        )
+        provider = config.provider_app()  # WeCom: a provider's token, its secret alone
         self.provider = None
-        if provider is not None:  # a WeCom provider's token: its secret alone
-            self.provider = Refresher(
-                provider,
-                source=client,
-                store=self.store,
-                clock=clock,
-                rng=rng,
-                policy=policy,
-                semaphore=semaphore,
-                metrics=metrics,
-                kind=PROVIDER_TOKEN,
-                stem=PROVIDER_FILE,
-            )
+        if provider is not None:
+            self.provider = loop(provider, kind=PROVIDER_TOKEN, stem=PROVIDER_FILE)
         wire: WireClient = client
         self.sender = Sender(wire, app)
-        self.listing = Listing(self.sender, self.component, clock=clock, log=self._log)
+        self.listing = Listing(self.sender, self.component, clock=clock, log=self.log)
         self.book = AuthorizerBook(
             sender=self.sender,
             component=self.component,
@@ -123,14 +119,16 @@ class Platform:
             rng=rng,
             policy=policy,
             semaphore=semaphore,
-            log=self._log,
+            log=self.log,
             # Workers wait on the disk as much as on WeChat, and only calls take a slot of
             # max_concurrency: enough of them keep the group commits full.
             workers=16 * daemon_config.max_concurrency,
             on_outcome=lambda outcome: metrics.authorizer_refresh(config.name, outcome),
             product=product,
             recover=self.listed_grant if product_lists(product) else None,
+            share=share,
         )
+        self.in_fleet = FleetSide.of(self, share) if share is not None else None
         self.crypto = MessageCrypto(
             token=config.token.reveal(),
             encoding_aes_key=config.encoding_aes_key.reveal(),
@@ -138,9 +136,8 @@ class Platform:
         )
         for key, secret in (("secret", config.secret), ("token", config.token)):
             REDACTOR.register(f"platform-{key}:{config.name}", secret.reveal(), label="<secret>")
-        REDACTOR.register(
-            f"platform-aes:{config.name}", config.encoding_aes_key.reveal(), label="<secret>"
-        )
+        aes = config.encoding_aes_key.reveal()
+        REDACTOR.register(f"platform-aes:{config.name}", aes, label="<secret>")
         self.listing_pending = False  # the vault was never seeded: read WeChat's list first
 
     def start(self) -> None:
@@ -151,7 +148,7 @@ class Platform:
         try:
             self.ticket.load()
         except StateFileError as exc:
-            self._log.warning(
+            self.log.warning(
                 "kept ticket ignored", reason=str(exc), fix="the next push replaces it"
             )
         self.component.adopt_stored()
@@ -159,7 +156,7 @@ class Platform:
             self.provider.adopt_stored()
         problems = self.book.adopt_stored(self.config.authorizers)
         for problem in problems:
-            self._log.error("refresh token file refused", reason=problem)
+            self.log.error("refresh token file refused", reason=problem)
         # Not "no grant kept": a start stopped halfway through the list must read it again.
         self.listing_pending = product_lists(self.product) and not self.vault.listed()
 
@@ -175,6 +172,8 @@ class Platform:
             )
         if self.listing_pending:
             tasks.append(asyncio.create_task(self.sync(), name=f"{self.name}/sync"))
+        if self.in_fleet is not None:
+            tasks.append(asyncio.create_task(self.in_fleet.run(), name=f"{self.name}/fleet"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -190,20 +189,24 @@ class Platform:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self._log.exception("platform loop crashed; restarting")
-                await self._clock.sleep(5.0)
+                self.log.exception("platform loop crashed; restarting")
+                await self.clock.sleep(5.0)
+
+    def upper_loops(self) -> list[Refresher]:
+        """The loops of the platform's own tokens (the component or suite, the provider)."""
+        return [loop for loop in (self.component, self.provider) if loop is not None]
 
     async def sync(self) -> int:
         """Recover every authorized account's refresh token from ``api_get_authorizer_list``;
         once each is in the vault, say so there, so later starts need no list."""
         added = await self.listing.sync(self.book)
-        await save_held(self.book.entries, self.vault, self._clock.now(), self._log)
+        await save_held(self.book.entries, self.vault, self.clock.now(), self.log)
         while not all_saved(self.book.entries):
-            await self._clock.sleep(0.2)  # each first refresh saves its account's grant
+            await self.clock.sleep(0.2)  # each first refresh saves its account's grant
         try:
-            await in_writer(self.vault.save_listed, self._clock.now())
+            await in_writer(self.vault.save_listed, self.clock.now())
         except OSError as exc:
-            self._log.error("cannot write to state_dir", error=exc.strerror)
+            self.log.error("cannot write to state_dir", error=exc.strerror)
         self.listing_pending = False
         return added
 
@@ -216,15 +219,20 @@ class Platform:
         pushed = PushedTicket(ticket=ticket, created_at=created_at)
         if not self.ticket.is_news(pushed):
             return
+        await self.keep_ticket(pushed)
+        self.log.info(f"{self.product.ticket_name} received")
+        if self.in_fleet is not None:
+            await self.in_fleet.publish_ticket(pushed)
+
+    async def keep_ticket(self, pushed: PushedTicket) -> None:
         await in_writer(self.vault.save_ticket, pushed)  # durable before it is used
         self.ticket.hold(pushed)
-        self._log.info("component_verify_ticket received")
 
     async def authorized(self, appid: str | None, code: str) -> None:
         try:
             await self.book.authorize(code, appid)
         except FetchError as exc:
-            self._log.error(
+            self.log.error(
                 "authorization could not be completed",
                 authorizer=appid,
                 error=str(exc),
@@ -235,9 +243,9 @@ class Platform:
         """An ``unauthorized`` event: its tokens are dead; forget them and their files."""
         if self.book.entries.pop(appid, None) is None:
             return
-        await in_writer(self.vault.remove_grant, appid, self._clock.now())
+        await in_writer(self.vault.remove_grant, appid, self.clock.now())
         await in_writer(self.store.remove, appid)
-        self._log.warning("authorizer unauthorized the platform: files removed", authorizer=appid)
+        self.log.warning("authorizer unauthorized the platform: files removed", authorizer=appid)
 
     # -- status ----------------------------------------------------------------
 

@@ -4,7 +4,9 @@ A write that fails is retried by itself, a few seconds later — never by fetchi
 again: a new ``api_authorizer_token`` call would rotate the refresh token (one
 more secret to keep) and spend quota every few seconds while a disk is full.
 Writes go through group commits, so a cold start of 100,000 authorizers costs
-batches, not 100,000 thread hand-offs.
+batches, not 100,000 thread hand-offs. In fleet mode the grant (and token) is
+also published to Redis (:mod:`wxtokend.platforms.shared`) after the vault
+write: the local copy first, then the fleet's.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wxtokend.credential import Token
+from wxtokend.fleet import RedisDown
 from wxtokend.platforms.commit import GroupCommit, each
 from wxtokend.platforms.journal import Grant
 from wxtokend.records import Record
 
 if TYPE_CHECKING:
+    from wxtokend.platforms.shared import GrantShare
     from wxtokend.platforms.vault import Vault
     from wxtokend.store import TokenStore
 
@@ -33,13 +37,27 @@ class Authorizer(Protocol):
     expires_at: float
     unsaved: bool
     unwritten: bool
+    unshared: bool
+    version: int
+
+    def valid(self, now: float) -> bool: ...
 
 
 class Writes:
     """One platform's grant and token-file writes."""
 
-    def __init__(self, *, vault: Vault, store: TokenStore, api_base: str, log: Any) -> None:
+    def __init__(
+        self,
+        *,
+        vault: Vault,
+        store: TokenStore,
+        api_base: str,
+        log: Any,
+        share: GrantShare | None = None,
+    ) -> None:
         self._api_base, self._log = api_base, log
+        self._share = share
+        self.share_down = False  # logged once per outage, not once per authorizer
         self.grants: GroupCommit[Grant] = GroupCommit(lambda batch: _all(vault, batch))
         # Late bound: the store's save is looked up at each batch (tests replace it).
         self._files: GroupCommit[Record] = GroupCommit(each(lambda r: store.save(r)))
@@ -58,6 +76,8 @@ class Writes:
                     error=exc.strerror,
                     fix="make state_dir writable for the user wxtokend runs as",
                 )
+        if entry.unshared and self._share is not None:
+            await self._publish(self._share, entry, now)
         if entry.unwritten and entry.token is not None:
             try:
                 await self._files.save(self._record(entry))
@@ -68,7 +88,30 @@ class Writes:
                     authorizer=entry.appid,
                     error=exc.strerror,
                 )
-        return not (entry.unsaved or entry.unwritten)
+        return not (entry.unsaved or entry.unwritten or entry.unshared)
+
+    async def _publish(self, share: GrantShare, entry: Authorizer, now: float) -> None:
+        grant = entry.refresh_token
+        if grant is None:
+            entry.unshared = False
+            return
+        token = None
+        if entry.token is not None and entry.valid(now):
+            token = (entry.token, entry.fetched_at, entry.expires_at)
+        try:
+            version = await share.publish(entry.appid, grant, token, now=now)
+        except RedisDown as exc:
+            if not self.share_down:
+                self._log.error(
+                    "cannot publish refresh tokens to the fleet: kept in state_dir, retried",
+                    error=str(exc),
+                )
+            self.share_down = True
+            return
+        self.share_down = False
+        entry.unshared = entry.refresh_token != grant  # rotated meanwhile: publish that too
+        if version is not None:
+            entry.version = version
 
     def _record(self, entry: Authorizer) -> Record:
         assert entry.token is not None

@@ -1,0 +1,139 @@
+"""A platform in fleet mode: three real daemons, one emulator, one real redis-server.
+
+WeChat pushes the ticket to one instance only; every authorizer is refreshed
+once per lifetime fleet-wide (a rotated-out refresh token dies at once here, so a
+second refresh with the same grant would show as 61023), and every instance's
+files stay valid, accounts authorized on another instance included.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DaemonFactory, EmulatorFactory
+from harness import DaemonProcess, EmulatorProcess, RedisServer, free_port, wait_for
+from test_platforms_e2e import AES_KEY, COMPONENT, PREAUTHORIZED, SECRET, TOKEN
+
+pytestmark = pytest.mark.e2e
+
+LIFETIME = 6  # the authorizer token's, in the emulator's compressed time
+
+
+def _emulator(emulator: EmulatorFactory, push_to: int) -> EmulatorProcess:
+    platform = {
+        "component_appid": COMPONENT,
+        "component_appsecret": SECRET,
+        "token": TOKEN,
+        "encoding_aes_key": AES_KEY,
+        "callback_url": f"http://127.0.0.1:{push_to}/callback/agency",
+        "ticket_push_interval": 2.0,
+        "component_token_lifetime": 10,
+        "authorizer_token_lifetime": LIFETIME,
+        "authorizers": len(PREAUTHORIZED),
+        "refresh_grace": 0.0,
+    }
+    return emulator([], grace=4, platforms=[platform])  # old tokens live 4 s: WeChat's 5 min
+
+
+def _member(
+    daemon: DaemonFactory,
+    emu: EmulatorProcess,
+    redis: RedisServer,
+    tmp_path: Path,
+    i: int,
+    port: int,
+) -> DaemonProcess:
+    secrets = tmp_path / f"daemon{i}" / "secrets"
+    secrets.mkdir(parents=True)
+    for name, value in (("agency", SECRET), ("agency.token", TOKEN), ("agency.aes", AES_KEY)):
+        (secrets / name).write_text(value + "\n")
+    return daemon(
+        [],
+        emu.base_url,
+        state_dir="state",
+        callback={"listen": f"127.0.0.1:{port}"},
+        retry={"min": "50ms", "max": "1s"},
+        fleet={"redis": redis.url, "lock_ttl": 3, "reconcile_interval": 2},
+        platforms=[
+            {
+                "name": "agency",
+                "component_appid": COMPONENT,
+                "component_appsecret_file": "secrets/agency",
+                "token_file": "secrets/agency.token",
+                "encoding_aes_key_file": "secrets/agency.aes",
+            }
+        ],
+    )
+
+
+def _token(proc: DaemonProcess, name: str) -> str | None:
+    try:
+        return (proc.output_dir / "agency" / name).read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _stats(emu: EmulatorProcess) -> dict[str, Any]:
+    return dict(emu.http.get("/emulator/platforms").json()["platforms"][COMPONENT])
+
+
+class TestFleetOfThree:
+    """Three instances refresh each authorizer as one daemon would."""
+
+    def test_each_authorizer_once_per_lifetime(
+        self,
+        emulator: EmulatorFactory,
+        daemon: DaemonFactory,
+        redis_server: RedisServer,
+        tmp_path: Path,
+    ) -> None:
+        ports = [free_port() for _ in range(3)]
+        emu = _emulator(emulator, push_to=ports[0])  # WeChat knows one callback URL
+        fleet = [_member(daemon, emu, redis_server, tmp_path, i, ports[i]) for i in range(3)]
+        for member in fleet:
+            member.start()
+        for member in fleet:  # the two never pushed to have the component token too
+            wait_for(
+                lambda m=member: all(
+                    _token(m, a) for a in [*PREAUTHORIZED, "component_access_token"]
+                ),
+                timeout=30,
+                what="every token on every instance",
+            )
+        # An account authorizes: WeChat pushes the event to one instance, all get its token.
+        new = emu.post(f"/emulator/platforms/{COMPONENT}/authorize", {})["authorizer_appid"]
+        for member in fleet:
+            wait_for(lambda m=member: _token(m, new), timeout=20, what="the new account everywhere")
+        accounts = [*PREAUTHORIZED, new]
+        before = _stats(emu)
+        started = time.monotonic()
+        invalid: list[str] = []
+        while time.monotonic() - started < 3 * LIFETIME:
+            for i, member in enumerate(fleet):
+                for appid in accounts:
+                    token = _token(member, appid)
+                    if token is None or emu.check(token) != 0:
+                        invalid.append(f"daemon{i}/{appid}")
+            time.sleep(0.25)
+        lifetimes = (time.monotonic() - started) / LIFETIME
+        after = _stats(emu)
+        assert invalid == []
+        for appid in accounts:
+            refreshes = after["refreshes"].get(appid, 0) - before["refreshes"].get(appid, 0)
+            # One daemon refreshes at 75-90 % of the lifetime: ~1.2 per lifetime; three
+            # alone would make ~3.6 (and die of 61023 with this emulator's grace of 0).
+            assert 1 <= refreshes <= 1.7 * lifetimes, (appid, refreshes, lifetimes)
+        component_calls = (
+            after["counts"]["api_component_token"] - before["counts"]["api_component_token"]
+        )
+        assert component_calls <= 1.7 * (3 * LIFETIME / 10), component_calls
+        for member in fleet:
+            with member.admin() as admin:
+                summary = admin.get("/v1/platforms/agency").json()
+                assert summary["authorizers"]["needs_authorization"] == 0, summary
+                assert admin.get("/readyz").status_code == 200
+            assert "61023" not in member.log_text()
+            assert SECRET not in member.log_text()
