@@ -249,6 +249,17 @@ class DaemonProcess:
 
         return str(wait_for(started, timeout=timeout, what="the daemon's started event"))
 
+    def proxy_url(self, *, timeout: float = 20) -> str:
+        """The API proxy's base URL, from the daemon's "started" event."""
+
+        def started() -> str | None:
+            for event in self.events():
+                if event.get("event") == "started" and event.get("api_proxy"):
+                    return str(event["api_proxy"][0])
+            return None
+
+        return str(wait_for(started, timeout=timeout, what="the daemon's api_proxy listener"))
+
     def admin(self, *, timeout: float = 20) -> httpx.Client:
         """An HTTP client for the admin listener."""
         return httpx.Client(base_url=self.admin_url(timeout=timeout), timeout=30)

@@ -170,6 +170,37 @@ class TestValidConfig:
         assert config.apps[0].secret_source == f"secret_file {other}"
 
 
+class TestApiProxy:
+    """api_proxy: off unless set; an address beyond loopback is warned about."""
+
+    def test_off_by_default(self, tmp_path: Path) -> None:
+        """No api_proxy section: no proxy listener."""
+        assert load(tmp_path, MINIMAL).api_proxy is None
+
+    def test_settings(self, tmp_path: Path) -> None:
+        """Every setting is read; a unix socket counts as local."""
+        config = load(
+            tmp_path,
+            top_with(
+                "api_proxy: {listen: 'unix:/run/wxtoken/api.sock', replay_body_limit: 1024,"
+                " max_connections: 8, request_timeout: 5}"
+            ),
+        )
+        assert config.api_proxy is not None
+        assert str(config.api_proxy.listen) == "unix:/run/wxtoken/api.sock"
+        assert config.api_proxy.replay_body_limit == 1024
+        assert config.api_proxy.max_connections == 8
+        assert config.api_proxy.request_timeout == 5
+        assert not [w for w in config.warnings if "api_proxy" in w]
+
+    def test_beyond_loopback_warned(self, tmp_path: Path) -> None:
+        """0.0.0.0 is allowed, with a warning naming the line, the risk and the fix."""
+        config = load(tmp_path, top_with("api_proxy: {listen: '0.0.0.0:9736'}"))
+        (warning,) = [w for w in config.warnings if "api_proxy" in w]
+        assert ":1: api_proxy.listen: 0.0.0.0:9736 is beyond loopback" in warning
+        assert "NetworkPolicy" in warning
+
+
 class TestSecrets:
     @pytest.mark.parametrize(
         "content",
@@ -1207,6 +1238,12 @@ BROKEN_CONFIGS = {
     "admin-limit-float": "admin: {passive_daily_limit: 1.5}",
     "admin-limit-huge": "admin: {passive_daily_limit: 100000}",
     "admin-timeout-small": "admin: {start_timeout: 10ms}",
+    "api-proxy-empty": "api_proxy: {}",
+    "api-proxy-listen-number": "api_proxy: {listen: 9736}",
+    "api-proxy-listen-text": "api_proxy: {listen: nowhere}",
+    "api-proxy-unknown-key": "api_proxy: {lisen: 127.0.0.1:9736}",
+    "api-proxy-limit-negative": "api_proxy: {listen: '127.0.0.1:9736', replay_body_limit: -1}",
+    "api-proxy-limit-huge": "api_proxy: {listen: '127.0.0.1:9736', replay_body_limit: 1e12}",
     "retry-number": "retry: 5",
     "retry-unknown-key": "retry: {mn: 1s}",
     "retry-max-text": "retry: {max: soon}",

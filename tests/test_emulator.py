@@ -47,6 +47,7 @@ RID = r"rid: [0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}"
 COUNTERS = (
     *("token", "stable_token", "stable_token_force", "gettoken", "getcallbackip", "issued"),
     *("getticket", "get_jsapi_ticket", "ticket_get", "tickets_issued", "faults"),
+    *("api_calls", "api_rejected"),
 )
 NO_CALLS = dict.fromkeys(COUNTERS, 0)
 
@@ -1349,6 +1350,8 @@ class TestHttp:
                 "ticket_get": 0,
                 "tickets_issued": 0,
                 "faults": 0,
+                "api_calls": 0,
+                "api_rejected": 0,
             }
             assert stats["apps"][OTHER]["token"] == 0
             assert (await client.post("/emulator/reset-stats")).json() == {"ok": True}

@@ -178,6 +178,7 @@ class Daemon:
             api_base=self.config.api_base,
             admin=[x.url for x in listeners if x.role == "admin"],
             callback=[x.url for x in listeners if x.role == "callback"] or None,
+            api_proxy=[x.url for x in listeners if x.role == "api_proxy"] or None,
         )
         self._sweep_leftovers()
         await self._follower.follow_once()

@@ -1,4 +1,4 @@
-"""The admin and probe listeners: bound before the daemon starts, served while it runs.
+"""The admin, probe, callback and API proxy listeners: bound first, served while it runs.
 
 Binding first makes a taken port fail the start with a clear line, before any
 token is fetched. The apps are :mod:`wxtokend.admin`'s, over the daemon's
@@ -18,6 +18,7 @@ from wxtokend.admin import admin_app, probe_app
 from wxtokend.callback.app import callback_app
 from wxtokend.errors import ListenError
 from wxtokend.logs import get_logger
+from wxtokend.proxy import ProxyListener, bind_proxy
 
 if TYPE_CHECKING:
     from wxtokend.service import Service
@@ -41,14 +42,14 @@ class Bound:
         await asgi.serve(self.app, [self.sock])
 
 
-def bind_listeners(daemon: Service) -> list[Bound]:
+def bind_listeners(daemon: Service) -> list[Bound | ProxyListener]:
     """Bind before anything starts, so a taken port fails the start with a clear line."""
     admin = daemon.config.admin
     wanted = [
         (admin.listen, "listen", admin_app),
         (admin.probe_listen, "probe_listen", probe_app),
     ]
-    bound: list[Bound] = []
+    bound: list[Bound | ProxyListener] = []
     for listen, key, make_app in wanted:
         if listen is None:
             continue
@@ -82,4 +83,10 @@ def bind_listeners(daemon: Service) -> list[Bound]:
             raise ListenError(
                 f"callback.listen {callback}: {exc.strerror} — pick another address"
             ) from None
-    return bound
+    try:
+        proxy = bind_proxy(daemon)
+    except ListenError:
+        for listener in bound:
+            listener.sock.close()
+        raise
+    return [*bound, proxy] if proxy is not None else bound

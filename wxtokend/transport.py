@@ -40,6 +40,7 @@ __all__ = [
     "AiohttpTransport",
     "BodyTooLarge",
     "UnsupportedEncoding",
+    "describe_failure",
     "read_body",
 ]
 
@@ -214,6 +215,11 @@ def _inflate(decoder: zlib._Decompress, data: bytes, room: int, limit: int) -> b
     if len(out) > room:
         raise BodyTooLarge(f"decoded reply body is over the {limit}-byte cap")
     return out
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming an aiohttp (or socket) failure, never its URL: for error bodies."""
+    return str(_translated(exc))
 
 
 def _translated(exc: BaseException) -> httpx.TransportError:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from wxtokend.asgi import parse_listen
 from wxtokend.config.platform_models import _CallbackModel, _PlatformModel, _SuiteModel
+from wxtokend.config.proxy_model import _ApiProxyModel
 from wxtokend.config.settings import (
     DEFAULT_API_BASE,
     DEFAULT_WECOM_API_BASE,
@@ -312,6 +313,9 @@ class _SettingsModel(BaseModel):
         description="Private state (mode 0700): platforms' pushed tickets and refresh tokens.",
     )
     callback: _CallbackModel = Field(default_factory=lambda: _CallbackModel.model_validate({}))
+    api_proxy: _ApiProxyModel | None = Field(
+        None, description="A WeChat API proxy that puts each app's token into its calls."
+    )
 
     @field_validator("api_base", "wecom_api_base", "proxy")
     @classmethod

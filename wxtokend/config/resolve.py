@@ -18,7 +18,7 @@ from wxtokend.config.fleet import _FleetResolver
 from wxtokend.config.models import _AppModel, _SettingsModel
 from wxtokend.config.platforms import _PlatformResolver
 from wxtokend.config.reader import _in_file_order, _Loader
-from wxtokend.config.settings import AdminConfig, AppConfig, Config, PlatformConfig
+from wxtokend.config.settings import AdminConfig, ApiProxyConfig, AppConfig, Config, PlatformConfig
 from wxtokend.errors import ConfigError
 
 __all__ = ["_Resolver", "_may_chown_to"]
@@ -63,6 +63,7 @@ class _Resolver(_Checker):
         ).resolve()
         self._retry()
         self._inline_secret_warning()
+        api_proxy = self._api_proxy()
         if self.problems:
             raise ConfigError(_in_file_order(self.loader.path, self.problems))
         return Config(
@@ -88,6 +89,7 @@ class _Resolver(_Checker):
             callback_listen=parse_listen(self.model.callback.listen)
             if self.model.callback.listen
             else None,
+            api_proxy=api_proxy,
         )
 
     def _platforms(
@@ -137,6 +139,27 @@ class _Resolver(_Checker):
             start_timeout=admin.start_timeout,
             passive_min_interval=admin.passive_min_interval,
             passive_daily_limit=admin.passive_daily_limit,
+        )
+
+    def _api_proxy(self) -> ApiProxyConfig | None:
+        proxy = self.model.api_proxy
+        if proxy is None:
+            return None
+        listen = parse_listen(proxy.listen)
+        if not listen.is_loopback:
+            self.warnings.append(
+                self.loader.problem(
+                    "api_proxy.listen",
+                    f"{listen} is beyond loopback: anyone who reaches it calls WeChat as your apps",
+                    "listen on 127.0.0.1, [::1] or a unix socket, or guard it with a"
+                    " NetworkPolicy / firewall",
+                )
+            )
+        return ApiProxyConfig(
+            listen=listen,
+            replay_body_limit=proxy.replay_body_limit,
+            max_connections=proxy.max_connections,
+            request_timeout=proxy.request_timeout,
         )
 
     def _group(self) -> int | None:

@@ -23,6 +23,7 @@ __all__ = [
     "OUTPUT_DIR_MODE",
     "TICKETS_FOR",
     "AdminConfig",
+    "ApiProxyConfig",
     "AppConfig",
     "Config",
     "Grant",
@@ -133,6 +134,16 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ApiProxyConfig:
+    """Where the WeChat API proxy listens, and what it may hold and wait for."""
+
+    listen: Listen
+    replay_body_limit: int = 256 * 1024
+    max_connections: int = 256
+    request_timeout: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The validated config, ready for the daemon."""
 
@@ -156,6 +167,7 @@ class Config:
     platforms: tuple[PlatformConfig, ...] = ()
     state_dir: Path = Path("/var/lib/wxtokend")
     callback_listen: Listen | None = None  # where WeChat's callbacks arrive
+    api_proxy: ApiProxyConfig | None = None
 
     def watched_files(self) -> list[Path]:
         """The files whose change should reload the daemon: the config and secret files."""

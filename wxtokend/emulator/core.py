@@ -38,6 +38,8 @@ COUNTERS = (
     "ticket_get",
     "tickets_issued",
     "faults",
+    "api_calls",
+    "api_rejected",
 )
 
 

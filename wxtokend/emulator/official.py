@@ -110,14 +110,15 @@ class Official:
         slot.last_force = now
         return core.fresh(core.issue("stable", (appid, ""), now, previous_until=now))
 
-    def check_token(self, token: str) -> Reply:
+    def check_token(self, token: str, *, counted: bool = True) -> Reply:
         """``GET /cgi-bin/getcallbackip``: answers whether ``token`` is usable right now.
 
         WeCom serves the same path, so every family is checked here, WeCom's in its shape.
         """
         core = self._core
         found = core.tokens.get(token)
-        core.count(found.appid if found else "", "getcallbackip")
+        if counted:
+            core.count(found.appid if found else "", "getcallbackip")
         problem = core.tokens.problem(token, TOKEN_KINDS, core.clock())
         if problem is not None:
             return _rejection(*problem)

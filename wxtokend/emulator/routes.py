@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wxtokend.asgi import base_url, serve, tcp_listener
+from wxtokend.emulator.api import api_routes
 from wxtokend.emulator.config import EmulatorConfig
 from wxtokend.emulator.control import control_routes, parse_object
 from wxtokend.emulator.core import Endpoint
@@ -77,6 +78,7 @@ class Emulator:
                 *control_routes(self.state),
                 *platform_routes(self.state.open_platform, self.state.core, self.pusher),
                 *suite_routes(self.state.wecom_suites, clock, self.suite_pusher.push_once),
+                *api_routes(self.state),  # last: they answer any path under an API root
             ]
         )
 
