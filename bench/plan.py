@@ -20,6 +20,7 @@ from bench.crash import crash_safety
 from bench.figures import Figure
 from bench.lifetimes import calls_per_lifetime, fleet_calls
 from bench.platforms import platform_scale
+from bench.proxy import proxy_overhead
 from bench.reads import read_cost
 from bench.scale import first_tokens, scale
 from bench.soak import chaos_soak
@@ -36,6 +37,7 @@ def timed(quick: bool) -> list[Run]:
         partial(passive_storm, n=1000),
         partial(fleet_storm, n=1000, size=5),
         partial(read_cost, n=2000 if quick else 10000),
+        partial(proxy_overhead, seconds=5 if quick else 15),
         partial(scale, n=1000, idle=10 if quick else 30),
         *([] if quick else [partial(scale, n=10000, idle=30, starts=3, on_disk=True)]),
         partial(platform_scale, n=10000 if quick else 100000, idle=10 if quick else 30),
