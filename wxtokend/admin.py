@@ -167,6 +167,18 @@ def _api_routes(daemon: Service) -> list[Route]:
         answer = await refresher.report_rejected(token=token, token_fingerprint=token_fingerprint)
         return passive_response(answer, daemon.clock.now())
 
+    async def reload(_: Request) -> Response:
+        """A full reload, answered when it is done: 200 applied or unchanged, 422 failed."""
+        outcome = await daemon.reload_and_wait()
+        return JSONResponse(
+            {
+                "result": outcome.result,
+                "problems": list(outcome.problems),
+                "changes": outcome.changes,
+            },
+            status_code=422 if outcome.result == "failed" else 200,
+        )
+
     async def no_such_app(request: Request) -> Response:
         """Any other path under /v1/apps/ (``..%2F..``, a slash in a name) names no app."""
         return _unknown_app(daemon, request.path_params["rest"])
@@ -177,6 +189,7 @@ def _api_routes(daemon: Service) -> list[Route]:
         Route("/v1/apps/{name}/refresh", refresh, methods=["POST"]),
         Route("/v1/apps/{name}/jssdk-signature", jssdk_signature, methods=["POST"]),
         Route("/v1/apps/{rest:path}", no_such_app, methods=["GET", "POST"]),
+        Route("/v1/reload", reload, methods=["POST"]),
     ]
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from wxtokend import __version__, emulator, logs
+from wxtokend import __version__, emulator, logs, reload_command
 from wxtokend.admin import SigningError, signed_fields, signing_ticket
 from wxtokend.config import Config, json_schema, load_config
 from wxtokend.errors import (
@@ -28,6 +28,7 @@ from wxtokend.errors import (
 )
 from wxtokend.get_platform import get_platform
 from wxtokend.redact import fingerprint
+from wxtokend.reload_command import reload_daemon
 from wxtokend.serve import run_daemon
 from wxtokend.store import Record, TokenStore, check_directory
 from wxtokend.wechat import Token, WeChatClient
@@ -119,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         help="WeCom: sign wx.agentConfig with the agent_config ticket",
     )
     config_option(sign)
+
+    reload = command(
+        "reload", "Reload the running daemon's config and wait until it is done.", reload_daemon
+    )
+    config_option(reload)
+    reload_command.add_arguments(reload)
 
     command("schema", "Print the config file's JSON Schema.", _schema)
 

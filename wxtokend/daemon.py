@@ -29,7 +29,13 @@ from wxtokend.metrics import Metrics
 from wxtokend.notify import Notifier
 from wxtokend.platforms import PlatformSet
 from wxtokend.refresher import Refresher, TicketRefresher, Upstream
-from wxtokend.reloading import Reloader, apply_apps, restart_only_changes, with_runtime_settings
+from wxtokend.reloading import (
+    Reloader,
+    ReloadOutcome,
+    apply_apps,
+    restart_only_changes,
+    with_runtime_settings,
+)
 from wxtokend.retire import Retirer
 from wxtokend.schedule import Policy, Rng
 from wxtokend.service import Listener
@@ -154,8 +160,10 @@ class Daemon:
         self.platforms.update_gauges(self.metrics)
 
     def status_line(self) -> str:
-        """One line for ``systemctl status``."""
-        return readiness.status_line(self.refreshers, self.readiness(), self.clock.now())
+        """One line for ``systemctl status``; a failed reload leads it until one succeeds."""
+        line = readiness.status_line(self.refreshers, self.readiness(), self.clock.now())
+        failed = self._reloader.failed
+        return f"reload failed, running on the old config: {failed}; {line}" if failed else line
 
     # -- start and stop ------------------------------------------------------
 
@@ -272,6 +280,10 @@ class Daemon:
     def request_reload(self, *, forced: bool = False) -> None:
         """From the file watcher, or SIGHUP (``forced``: always a full reload cycle)."""
         self._reloader.request(forced=forced)
+
+    async def reload_and_wait(self) -> ReloadOutcome:
+        """A full reload, answered once it is done (``wxtokend reload``)."""
+        return await self._reloader.reload_and_wait()
 
     async def reload(self, watcher: ConfigWatcher | None = None, *, forced: bool = False) -> bool:
         """Apply the config file as it is now; keep running on the old one if it is invalid."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from wxtokend.config import load_config
 from wxtokend.errors import ConfigError
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESTART_ONLY",
+    "ReloadOutcome",
     "Reloader",
     "apply_apps",
     "restart_only_changes",
@@ -54,6 +55,15 @@ RESTART_ONLY = (
 Changes = dict[str, list[str]]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReloadOutcome:
+    """What one reload cycle did: for ``wxtokend reload`` and ``POST /v1/reload``."""
+
+    result: Literal["applied", "unchanged", "failed"]
+    problems: tuple[str, ...] = ()
+    changes: Changes = field(default_factory=dict)
+
+
 class Reloader:
     """Reload requests, the config watcher's hookup, and one reload at a time."""
 
@@ -72,11 +82,22 @@ class Reloader:
         self._forced = False
         self.applying = False  # a reload is replacing loops (no gc.freeze meanwhile)
         self._fingerprint = content_fingerprint(current().watched_files())
+        # Until a reload succeeds, what made the last one fail: STATUS= keeps saying it.
+        self.failed: str | None = None
+        self._waiters: list[asyncio.Future[ReloadOutcome]] = []
+        self._outcome = ReloadOutcome(result="unchanged")
 
     def request(self, *, forced: bool = False) -> None:
         """From the file watcher, or SIGHUP (``forced``: always a full reload cycle)."""
         self._forced = self._forced or forced
         self._requested.set()
+
+    async def reload_and_wait(self) -> ReloadOutcome:
+        """Request a full reload and wait for the cycle that reads the files after now."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.request(forced=True)
+        return await asyncio.shield(waiter)
 
     async def run(self, watcher: ConfigWatcher) -> None:
         while True:
@@ -84,11 +105,22 @@ class Reloader:
             await asyncio.sleep(_RELOAD_SETTLE)  # bursts of events coalesce into one reload
             self._requested.clear()
             forced, self._forced = self._forced, False
+            # Only those waiting before this cycle reads the files get its outcome.
+            waiting, self._waiters = self._waiters, []
             try:
                 await self.reload(watcher, forced=forced)
             except Exception:
                 # A reload must never take reloading down with it: SIGHUP still works.
                 self._log.exception("reload crashed; the running config stays in force")
+                self._failed(("reload crashed: see the log",))
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(self._outcome)
+
+    def _failed(self, problems: tuple[str, ...]) -> None:
+        self.failed = problems[0] if problems else "unknown problem"
+        self._outcome = ReloadOutcome(result="failed", problems=problems)
+        self._notifier.status(f"reload failed, running on the old config: {self.failed}")
 
     def watch(self, watcher: ConfigWatcher, config: Config) -> None:
         try:
@@ -102,6 +134,7 @@ class Reloader:
 
     async def reload(self, watcher: ConfigWatcher | None = None, *, forced: bool = False) -> bool:
         """Apply the config file as it is now; keep running on the old one if it is invalid."""
+        self._outcome = ReloadOutcome(result="unchanged")
         fingerprint = content_fingerprint(self._current().watched_files())
         if fingerprint == self._fingerprint and not forced:
             return False  # nothing we read changed: no need to even parse the config
@@ -109,7 +142,7 @@ class Reloader:
             new = load_config(self._current().path)
         except ConfigError as exc:
             self._log.error("reload failed: keeping the old config", problems=exc.problems)
-            self._notifier.status("reload failed, running on the old config: " + exc.problems[0])
+            self._failed(tuple(exc.problems))
             self._fingerprint = fingerprint
             return False
         new_fingerprint = content_fingerprint(new.watched_files())
@@ -124,6 +157,8 @@ class Reloader:
         if watcher is not None:
             self.watch(watcher, new)
         self._log.info("reloaded", **changes)
+        self.failed = None
+        self._outcome = ReloadOutcome(result="applied", changes=changes)
         self._announcer.reannounce()
         return True
 

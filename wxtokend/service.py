@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from wxtokend.clock import Clock
     from wxtokend.config import AppConfig, Config
     from wxtokend.metrics import Metrics
+    from wxtokend.reloading import ReloadOutcome
     from wxtokend.status import AppStatus, Passive
     from wxtokend.store import Record
 
@@ -129,6 +130,10 @@ class Service(Protocol):
     def readiness(self) -> dict[str, str]: ...
 
     def update_gauges(self) -> None: ...
+
+    async def reload_and_wait(self) -> ReloadOutcome:
+        """Reload the config now; the outcome once it is applied (or refused)."""
+        ...
 
 
 class Listener(Protocol):
