@@ -209,10 +209,15 @@ async def _relay(
     if reply.content_length is not None:
         response.content_length = reply.content_length
     await response.prepare(request)
-    if peeked.held:
-        await response.write(peeked.held)
-    async for chunk in reply.content.iter_any():
-        await response.write(chunk)
+    try:
+        if peeked.held:
+            await response.write(peeked.held)
+        async for chunk in reply.content.iter_any():
+            await response.write(chunk)
+    except _UNREACHABLE:
+        # The head is sent: all that is left is to cut the body short, so the client
+        # sees a broken reply rather than a complete-looking one.
+        raise ConnectionResetError("upstream failed mid-body") from None
     await response.write_eof()
     return response
 
