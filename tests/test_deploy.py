@@ -496,12 +496,13 @@ class TestDockerfile:
     """deploy/Dockerfile: multi-stage, slim, non-root, runtime dependencies only."""
 
     def test_every_stage_uses_a_pinned_slim_python(self) -> None:
-        """Every stage is FROM python:3.N-slim[-debian] (a pinned minor, optional digest)."""
+        """Every stage is FROM python:3.N.P-slim-<debian>: an exact release on an exact
+        Debian release (optionally a digest), never a tag that moves to a new Python."""
         stages = dockerfile_stages()[1:]
         assert len(stages) >= 2, "expected a build stage and a runtime stage"
         for stage in stages:
             image = base_image(stage)
-            assert re.fullmatch(r"python:3\.\d+(\.\d+)?-slim(-\w+)?(@sha256:[0-9a-f]{64})?", image)
+            assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", image)
         assert len({base_image(s) for s in stages}) == 1, "the venv needs the same Python"
 
     def test_final_stage_copies_only_the_built_venv(self) -> None:
@@ -555,6 +556,34 @@ class TestDockerfile:
         assert env["PYTHONDONTWRITEBYTECODE"] == "1"
         assert env["PYTHONUNBUFFERED"] == "1"
         assert env["PATH"].startswith("/opt/wxtokend/bin:")
+
+    def test_dockerignore_sends_only_what_is_copied(self) -> None:
+        """.dockerignore ignores everything, then lets in exactly the COPY sources (and the
+        Dockerfile): no .git, .venv, tests or local secrets reach the builder."""
+        lines = [
+            line.strip()
+            for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        assert lines[0] == "*"
+        allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+        assert allowed == {"pyproject.toml", "README.md", "wxtokend", "deploy/Dockerfile"}
+        assert "**/__pycache__" in lines
+
+    def test_healthcheck_asks_the_daemon(self) -> None:
+        """HEALTHCHECK runs `wxtokend health --ready` (exec form: no shell in the check)."""
+        checks = [i.args for i in final_stage() if i.name == "HEALTHCHECK"]
+        assert len(checks) == 1
+        options, _, command = checks[0].partition("CMD")
+        assert json.loads(command) == ["wxtokend", "health", "--ready"]
+        assert "--start-period=" in options
+
+    def test_user_is_created_without_warnings(self) -> None:
+        """No --system for uid 10001 (useradd warns outside SYS_UID_MIN..SYS_UID_MAX)."""
+        runs = " ".join(i.args for i in final_stage() if i.name == "RUN")
+        assert "useradd" in runs
+        assert "--system" not in runs
+        assert "--no-log-init" in runs
 
     def test_exposes_only_the_probe_port(self) -> None:
         """EXPOSE names the probe listener's port, not the loopback admin API."""

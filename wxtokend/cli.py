@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from wxtokend import __version__, emulator, logs, reload_command
+from wxtokend import __version__, control, emulator, logs
 from wxtokend.admin import SigningError, signed_fields, signing_ticket
 from wxtokend.config import Config, json_schema, load_config
 from wxtokend.errors import (
@@ -28,7 +28,6 @@ from wxtokend.errors import (
 )
 from wxtokend.get_platform import get_platform
 from wxtokend.redact import fingerprint
-from wxtokend.reload_command import reload_daemon
 from wxtokend.serve import run_daemon
 from wxtokend.store import Record, TokenStore, check_directory
 from wxtokend.wechat import Token, WeChatClient
@@ -122,10 +121,21 @@ def _parser() -> argparse.ArgumentParser:
     config_option(sign)
 
     reload = command(
-        "reload", "Reload the running daemon's config and wait until it is done.", reload_daemon
+        "reload",
+        "Reload the running daemon's config and wait until it is done.",
+        control.reload_daemon,
     )
     config_option(reload)
-    reload_command.add_arguments(reload)
+    control.add_arguments(reload)
+
+    health = command(
+        "health", "Exit 0 if the running daemon is healthy (HEALTHCHECK).", control.check_health
+    )
+    config_option(health)
+    control.add_admin_arguments(health)
+    health.add_argument(
+        "--ready", action="store_true", help="ask /readyz (every token valid) instead of /healthz"
+    )
 
     command("schema", "Print the config file's JSON Schema.", _schema)
 

@@ -1,4 +1,5 @@
-"""``wxtokend reload`` (ExecReload=) returns once the reload is done, and says how it went."""
+"""``wxtokend reload`` (ExecReload=) returns once the reload is done, and says how it went;
+``wxtokend health`` (the image's HEALTHCHECK) says whether the daemon is healthy or ready."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ def app(n: int, name: str) -> TestApp:
 
 
 def reload_cli(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return cli("reload", "-c", str(config), *extra)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "wxtokend", "reload", "-c", str(config), *extra],
+        [sys.executable, "-m", "wxtokend", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -117,6 +122,32 @@ class TestReloadCommand:
         assert done.returncode == 1
         assert "did not answer" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.e2e
+class TestHealthCommand:
+    """Exit 0 only when the daemon answers 200: healthy, or with --ready every token valid."""
+
+    def test_healthy_and_ready(self, emulator: EmulatorFactory, daemon: DaemonFactory) -> None:
+        """One app with a wrong secret: healthy (the daemon works) but not ready."""
+        good = app(6, "good")
+        bad = TestApp(appid=f"wx{7:016x}", secret="7" * 32, name="bad", daemon_secret="x" * 32)
+        emu = emulator([good, bad], lifetime=120)
+        d = daemon([good, bad], emu.base_url).start()
+        d.wait_for_tokens(["good"])
+        healthy = cli("health", "-c", str(d.config_path), "--admin", d.admin_url())
+        assert healthy.returncode == 0, healthy.stderr
+        ready = cli("health", "-c", str(d.config_path), "--admin", d.admin_url(), "--ready")
+        assert ready.returncode == 1
+        assert "bad" in ready.stdout
+        d.configure([good])
+        cli("reload", "-c", str(d.config_path), "--admin", d.admin_url())
+        ready = cli("health", "-c", str(d.config_path), "--admin", d.admin_url(), "--ready")
+        assert ready.returncode == 0, ready.stdout
+        d.stop()
+        gone = cli("health", "-c", str(d.config_path), "--admin", d.admin_url())
+        assert gone.returncode == 1
+        assert "did not answer" in gone.stderr
 
 
 class TestFailedReloadStatus:

@@ -1,4 +1,6 @@
-"""``wxtokend reload``: reload the running daemon and wait until it is done.
+"""Commands that ask the running daemon through its admin API: ``reload`` and ``health``.
+
+``wxtokend reload``: reload the running daemon and wait until it is done.
 
 ``systemctl reload`` (ExecReload=) runs this: ``kill -HUP`` returned before the
 reload happened, so ``systemctl reload wxtokend && ...`` raced it. This asks the
@@ -6,6 +8,9 @@ admin API (``POST /v1/reload``), which answers once the reload is applied or
 refused; exit 0 for applied or unchanged, 1 for refused (the problems go to stderr,
 and systemd marks the reload failed). With the admin API off, ``--pid`` falls back to
 SIGHUP, which cannot be waited for.
+
+``wxtokend health [--ready]``: exit 0 if ``/healthz`` (or ``/readyz``) answers 200;
+the container image's HEALTHCHECK (the slim base has no curl).
 """
 
 from __future__ import annotations
@@ -23,17 +28,21 @@ from wxtokend.asgi import Listen, parse_listen
 from wxtokend.config import load_config
 from wxtokend.errors import ConfigError
 
-__all__ = ["add_arguments", "reload_daemon"]
+__all__ = ["add_admin_arguments", "add_arguments", "check_health", "reload_daemon"]
 
 _DEFAULT_ADMIN = "127.0.0.1:9735"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin",
         help="the daemon's admin address, host:port, http://host:port or unix:/path"
         " (default: admin.listen of the config file)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_admin_arguments(parser)
     parser.add_argument(
         "--pid",
         type=int,
@@ -44,9 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def reload_daemon(args: argparse.Namespace) -> int:
+def check_health(args: argparse.Namespace) -> int:
+    listen = _listen(args)
+    path = "/readyz" if args.ready else "/healthz"
+    if listen is None:
+        print("wxtokend: health: admin.listen is off in the config", file=sys.stderr)
+        return 2
+    try:
+        with _client(listen, 5.0) as client:
+            reply = client.get(path)
+    except httpx.TransportError as exc:
+        print(f"wxtokend: health: {listen} did not answer ({exc})", file=sys.stderr)
+        return 1
+    print(f"wxtokend: {path} {reply.status_code} {reply.text.strip()[:300]}")
+    return 0 if reply.status_code == 200 else 1
+
+
+def _listen(args: argparse.Namespace) -> Listen | None:
     given = args.admin.removeprefix("http://") if args.admin else None
-    listen = parse_listen(given) if given else _admin_listen(args.config)
+    return parse_listen(given) if given else _admin_listen(args.config)
+
+
+def reload_daemon(args: argparse.Namespace) -> int:
+    listen = _listen(args)
     if listen is None:
         return _signal_only(args.pid, "admin.listen is off in the config")
     try:
