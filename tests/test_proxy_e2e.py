@@ -115,6 +115,50 @@ class TestCalls:
             assert emu.calls(SHOP.appid, "api_calls") == before + 1
 
 
+class TestUserTokens:
+    """sns calls carry the user's token or the secret: passed as sent, never recovered."""
+
+    def test_sns_passes_the_clients_token(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory
+    ) -> None:
+        """A user's (here: unknown) token comes back rejected as WeChat said, and the app's
+        token is not refreshed for it."""
+        emu, d, proxy = start(emulator, daemon, [SHOP])
+        stale = d.token("shop")
+        before = emu.calls(SHOP.appid, "token")
+        got = httpx.get(
+            f"{proxy}/shop/sns/userinfo", params={"access_token": "USER-TOKEN", "openid": "o"}
+        ).json()
+        assert got["errcode"] == 40001
+        got = httpx.get(f"{proxy}/shop/sns/userinfo", params={"access_token": stale}).json()
+        assert got["errcode"] == 0  # the token the client sent is the one WeChat saw
+        assert emu.calls(SHOP.appid, "token") == before
+        assert d.token("shop") == stale
+        metrics = httpx.get(f"{d.admin_url()}/metrics").text
+        assert "wxtokend_proxy_recoveries_total{" not in metrics
+
+
+class TestExpectContinue:
+    """Clients that wait for 100 Continue before sending a body get it."""
+
+    def test_100_continue(self, emulator: EmulatorFactory, daemon: DaemonFactory) -> None:
+        """The 100 comes before the body is sent; an unknown expectation is 417."""
+        _, _, proxy = start(emulator, daemon, [SHOP])
+        body = b'{"touser": "o"}'
+        head = (
+            "POST /shop/cgi-bin/message/custom/send HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim, status, answer = asyncio.run(_expect_continue(proxy, head, body))
+        assert interim.startswith(b"HTTP/1.1 100")
+        assert status == 200
+        assert json.loads(answer)["json"] == {"touser": "o"}
+        status, _ = asyncio.run(
+            _raw(proxy, head.replace("100-continue", "something-else") + body.decode())
+        )
+        assert status == 417
+
+
 class TestRecovery:
     """A token WeChat rejects is replaced once for everyone, and the calls replayed."""
 
@@ -230,6 +274,34 @@ class TestRefused:
         assert got["errcode"] == 0  # the emulator saw the app's token, not the client's
         assert got["headers"] == {"x-trace": "t1"}
 
+    def test_methods_other_than_get_and_post(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory
+    ) -> None:
+        """TRACE (which would echo the token-bearing request line), PUT, HEAD: 405."""
+        emu, _, proxy = start(emulator, daemon, [SHOP])
+        before = emu.stats()
+        for method in ("TRACE", "PUT", "DELETE", "HEAD", "OPTIONS"):
+            status, _ = asyncio.run(
+                _raw(
+                    proxy,
+                    f"{method} /shop/cgi-bin/user/info HTTP/1.1\r\nHost: x\r\n\r\n",
+                    body=method != "HEAD",
+                )
+            )
+            assert status == 405, method
+        assert emu.stats() == before
+
+    def test_fragment_cannot_swallow_the_token(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory
+    ) -> None:
+        """A raw '#' in the query is cut off, so the token is still sent."""
+        _, _, proxy = start(emulator, daemon, [SHOP])
+        status, body = asyncio.run(
+            _raw(proxy, "GET /shop/cgi-bin/user/info?openid=o#x HTTP/1.1\r\nHost: x\r\n\r\n")
+        )
+        assert status == 200
+        assert json.loads(body)["errcode"] == 0
+
     def test_request_smuggling(self, emulator: EmulatorFactory, daemon: DaemonFactory) -> None:
         """Content-Length with Transfer-Encoding, or a header with a bare CR: 400."""
         emu, _, proxy = start(emulator, daemon, [SHOP])
@@ -318,7 +390,26 @@ async def _transfers(
         return list(await ups), list(await downs)
 
 
-async def _raw(base: str, request: str) -> tuple[int, bytes]:
+async def _expect_continue(base: str, head: str, body: bytes) -> tuple[bytes, int, bytes]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head.encode())
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    writer.write(body)
+    await writer.drain()
+    final = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(x.split(b":")[1])
+        for x in final.split(b"\r\n")
+        if x.lower().startswith(b"content-length:")
+    )
+    answer = await reader.readexactly(length)
+    writer.close()
+    return interim, int(final.split(b" ", 2)[1]), answer
+
+
+async def _raw(base: str, request: str, *, body: bool = True) -> tuple[int, bytes]:
     host, port = base.removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(request.encode("latin-1"))
@@ -332,6 +423,6 @@ async def _raw(base: str, request: str) -> tuple[int, bytes]:
         ),
         0,
     )
-    body = await reader.readexactly(length) if length else b""
+    payload = await reader.readexactly(length) if length and body else b""
     writer.close()
-    return int(head.split(b" ", 2)[1]), body
+    return int(head.split(b" ", 2)[1]), payload

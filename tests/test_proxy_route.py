@@ -26,10 +26,10 @@ class TestTarget:
             name="shop", path="cgi-bin/message/custom/send", root="cgi-bin"
         )
 
-    def test_name_may_be_percent_encoded(self) -> None:
-        """The name is decoded; the API path is passed on as the client encoded it."""
-        found = target(b"/sh%6fp/wxa/get%20qrcode")
-        assert found == Target(name="shop", path="wxa/get%20qrcode", root="wxa")
+    def test_path_passed_as_encoded(self) -> None:
+        """The API path is passed on as the client encoded it (a space, UTF-8)."""
+        found = target(b"/shop/wxa/get%20qr%E4%BD%A0")
+        assert found == Target(name="shop", path="wxa/get%20qr%E4%BD%A0", root="wxa")
 
     @pytest.mark.parametrize(
         "path",
@@ -44,6 +44,12 @@ class TestTarget:
             b"/shop/cgi-bin/a%5Cb",
             b"/shop/cgi-bin/a\\b",
             b"/shop/cgi-bin/a%00b",
+            b"/shop/cgi-bin/%74oken",
+            b"/sh%6fp/cgi-bin/x",
+            b"/shop/cgi-bin/a/..;/x",
+            b"/shop/cgi-bin/x;jsessionid=1",
+            b"/shop/cgi-bin/%zz",
+            b"/shop/cgi-bin/100%",
             b"http://evil.example/cgi-bin/x",
             b"//evil.example/cgi-bin/x",
             b"/shop/cgi-bin/x\r\nHost: evil",
@@ -52,7 +58,8 @@ class TestTarget:
         ],
     )
     def test_escapes_are_refused(self, path: bytes) -> None:
-        """Dot segments, empty segments, encoded separators, absolute forms: 400."""
+        """Dot segments, empty segments, encoded separators, escaped letters (a disguised
+        cgi-bin/token), ";" (Java's "..;"), stray "%", absolute forms: 400."""
         found = target(path)
         assert isinstance(found, Refused)
         assert found.status == 400

@@ -223,6 +223,20 @@ class TestErrorTexts:
                 httpx.ReadTimeout,
             ),
             (aiohttp.InvalidURL(f"http://x/?secret={SECRET}"), httpx.NetworkError),
+            (
+                # What aiohttp raises when a streamed upload's source fails mid-body.
+                aiohttp.ClientOSError(
+                    None, f"Can not write request body for http://x/m?type=a&access_token={SECRET}"
+                ),
+                httpx.NetworkError,
+            ),
+            (
+                aiohttp.ClientPayloadError(
+                    f"Response payload is not completed: <ContentLengthError: 400, message="
+                    f"Not enough data for http://x/y?secret={SECRET}>"
+                ),
+                httpx.ReadError,
+            ),
         ],
     )
     def test_no_url_in_text(self, exc: Exception, expected: type[Exception]) -> None:

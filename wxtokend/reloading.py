@@ -50,6 +50,7 @@ RESTART_ONLY = (
     "platforms",  # third-party platforms are set up at start
     "state_dir",
     "callback_listen",
+    "api_proxy",  # its listener is bound at start
 )
 
 Changes = dict[str, list[str]]

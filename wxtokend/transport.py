@@ -27,6 +27,7 @@ Redirects are never followed.
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from collections.abc import AsyncIterator
 from typing import Final
@@ -53,6 +54,7 @@ ACCEPT_ENCODING: Final = "gzip, deflate"
 _CHUNK: Final = 16 * 1024
 _MAX_HEADERS: Final = 128  # WeChat sends about ten
 _MAX_LINE: Final = 8190
+_QUERY: Final = re.compile(r"(\S*)\?\S*")
 _ZLIB_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 15}
 
 
@@ -240,5 +242,9 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
     text = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    if isinstance(exc, aiohttp.ClientOSError) and exc.strerror:
+        text = exc.strerror  # may be "Can not write request body for <url>"
+    # Any URL aiohttp quotes loses its query (the token or the secret is there).
+    text = _QUERY.sub(r"\1?...", text)
     # One line, however many the server's bytes (quoted by the parser) would span.
     return " ".join(text.split())[:200] or "no detail"

@@ -22,6 +22,7 @@ from wxtokend.proxy.metrics import ProxyMetrics
 from wxtokend.proxy.route import (
     PLACEHOLDER_TOKEN,
     TOKEN_PATHS,
+    USER_TOKEN_ROOTS,
     Refused,
     Target,
     allowed,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["REJECTED_TOKEN", "ApiProxy"]
 
 REJECTED_TOKEN: Final = frozenset({40001, 40014, 42001})
+_METHODS: Final = frozenset({"GET", "POST"})
 _UNREACHABLE: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 Body = bytes | AsyncIterator[bytes]
@@ -75,6 +77,10 @@ class ApiProxy:
             return _wechat_error(500, -1, "wxtokend proxy: internal error")
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in _METHODS:
+            # No TRACE (it would echo the token-bearing request line), no HEAD: WeChat's
+            # API is GET and POST.
+            return self._refused(Refused(405, 43002, "the WeChat API takes GET and POST"), app="")
         raw_path, _, raw_query = request.raw_path.partition("?")
         found = target(raw_path.encode("latin-1"))
         if isinstance(found, Refused):
@@ -86,7 +92,7 @@ class ApiProxy:
                 app="",
             )
         app = loop.app
-        refusal = allowed(found, app.kind)
+        refusal = allowed(found, app.kind) or _expectation(request)
         if refusal is not None:
             return self._refused(refusal, app=app.name)
         if found.path in TOKEN_PATHS[app.kind]:
@@ -98,7 +104,10 @@ class ApiProxy:
                 app=app.name,
                 retry_after=1,
             )
-        return await self._forward(request, loop, found, raw_query)
+        if "expect" in request.headers:  # 100-continue: the client waits for this to send
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # A fragment is never part of a request; sent anyway it would swallow the token.
+        return await self._forward(request, loop, found, raw_query.partition("#")[0])
 
     async def _forward(
         self, request: web.BaseRequest, loop: Loop, found: Target, raw_query: str
@@ -109,19 +118,24 @@ class ApiProxy:
             headers.append(("Content-Length", str(request.content_length)))
         url_head = f"{loop.app.api_base.rstrip('/')}/{found.path}?"
         app = loop.app.name
-        token = loop.record.access_token if loop.record else ""
+        # sns calls carry the user's token (web login) or the secret: never the app's.
+        token = (
+            loop.record.access_token if loop.record and found.root not in USER_TOKEN_ROOTS else None
+        )
         for attempt in (1, 2):
             try:
                 reply = await self._send(
                     request.method, url_head, raw_query, token, headers, body, app
                 )
             except _UNREACHABLE as exc:
-                self._metrics.request(app, found.root, "unreachable")
-                status = 504 if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError) else 502
-                return _wechat_error(status, -1, f"wxtokend proxy: {describe_failure(exc)}")
+                return self._unreachable(exc, app, found)
             try:
                 peeked = await peek(reply)
-                if peeked.errcode in REJECTED_TOKEN and attempt == 1:
+            except _UNREACHABLE as exc:
+                reply.close()
+                return self._unreachable(exc, app, found)
+            try:
+                if token is not None and peeked.errcode in REJECTED_TOKEN and attempt == 1:
                     fresh = await self._recover(loop, token, replayable=isinstance(body, bytes))
                     if fresh is not None:
                         token = fresh
@@ -132,12 +146,17 @@ class ApiProxy:
                 reply.close()
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
+    def _unreachable(self, exc: BaseException, app: str, found: Target) -> web.Response:
+        self._metrics.request(app, found.root, "unreachable")
+        status = 504 if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError) else 502
+        return _wechat_error(status, -1, f"wxtokend proxy: {describe_failure(exc)}")
+
     async def _send(
         self,
         method: str,
         url_head: str,
         raw_query: str,
-        token: str,
+        token: str | None,
         headers: list[tuple[str, str]],
         body: Body,
         app: str,
@@ -146,9 +165,8 @@ class ApiProxy:
         data = (
             body if not isinstance(body, bytes) or body or method not in ("GET", "HEAD") else None
         )
-        reply = await self.upstream.send(
-            method, url_head + with_token(raw_query, token), headers, data
-        )
+        query = raw_query if token is None else with_token(raw_query, token)
+        reply = await self.upstream.send(method, url_head + query, headers, data)
         self._metrics.upstream(app, time.monotonic() - started)
         return reply
 
@@ -214,12 +232,19 @@ async def _relay(
             await response.write(peeked.held)
         async for chunk in reply.content.iter_any():
             await response.write(chunk)
-    except _UNREACHABLE:
+    except Exception:
         # The head is sent: all that is left is to cut the body short, so the client
         # sees a broken reply rather than a complete-looking one.
         raise ConnectionResetError("upstream failed mid-body") from None
     await response.write_eof()
     return response
+
+
+def _expectation(request: web.BaseRequest) -> Refused | None:
+    expect = request.headers.get("Expect")
+    if expect is None or expect.lower() == "100-continue":
+        return None
+    return Refused(417, -1, "the only expectation this proxy meets is 100-continue")
 
 
 def _placeholder(kind: str) -> web.Response:

@@ -18,6 +18,7 @@ __all__ = [
     "PLACEHOLDER_TOKEN",
     "ROOTS",
     "TOKEN_PATHS",
+    "USER_TOKEN_ROOTS",
     "Refused",
     "Target",
     "allowed",
@@ -55,6 +56,10 @@ ROOTS: Final = {
     ),
     "wecom": frozenset({"cgi-bin"}),
 }
+# Calls under these roots carry the *user's* token (sns/userinfo, sns/auth) or the
+# secret (sns/oauth2/access_token, sns/jscode2session): passed as sent, never given
+# the app's token, never a reason to refresh it.
+USER_TOKEN_ROOTS: Final = frozenset({"sns"})
 # Token fetches are answered by the proxy itself: forwarded, they would fetch (and with the
 # classic grant invalidate) a token behind the daemon's back.
 TOKEN_PATHS: Final = {
@@ -62,8 +67,13 @@ TOKEN_PATHS: Final = {
     "wecom": frozenset({"cgi-bin/gettoken"}),
 }
 
-_SAFE_PATH = re.compile(rb"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")
-_CLIMBING = re.compile(rb"%(2[fF]|5[cC]|2[eE]|00)")
+# No ";": Java-style servers read "..;" as "..". No "\\", no control bytes.
+_SAFE_PATH = re.compile(rb"^/[A-Za-z0-9\-._~!$&'()*+,=:@%/]*$")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+# Escaped separators and NUL climb or cut; an escaped letter, digit or "-._~" only ever
+# disguises a path (cgi-bin/%74oken is cgi-bin/token).
+_REFUSED_ESCAPES = frozenset(b"/\\.\0" + bytes(range(0x30, 0x3A)) + bytes(range(0x41, 0x5B)))
+_REFUSED_ESCAPES |= frozenset(bytes(range(0x61, 0x7B)) + b"-_~")
 # RFC 9110 §7.6.1, plus what only a proxy's client may address to the proxy.
 _HOP_BY_HOP: Final = frozenset(
     {
@@ -102,7 +112,7 @@ class Refused:
 
 def target(raw_path: bytes) -> Target | Refused:
     """The app and API path of ``raw_path`` (the request target before its ``?``)."""
-    if not _SAFE_PATH.match(raw_path) or _CLIMBING.search(raw_path):
+    if not _SAFE_PATH.match(raw_path) or _disguised(raw_path):
         return Refused(400, 40039, "invalid url: characters the WeChat API never uses")
     segments = raw_path.decode("ascii").split("/")[1:]
     if any(s in ("", ".", "..") for s in segments[:-1]) or segments[-1] in (".", ".."):
@@ -113,6 +123,13 @@ def target(raw_path: bytes) -> Target | Refused:
         )
     name = unquote(segments[0])
     return Target(name=name, path="/".join(segments[1:]), root=segments[1])
+
+
+def _disguised(raw_path: bytes) -> bool:
+    escapes = _ESCAPE.findall(raw_path)
+    if len(escapes) != raw_path.count(b"%"):
+        return True  # a "%" that starts no escape
+    return any(int(code, 16) in _REFUSED_ESCAPES for code in escapes)
 
 
 def allowed(found: Target, kind: str) -> Refused | None:

@@ -50,6 +50,9 @@ class Upstream:
                 trust_env=False,  # the egress proxy is configured, never inherited
                 read_bufsize=_CHUNK,
                 timeout=self._timeout,
+                # Only the client's own headers go on: no User-Agent, Accept or
+                # Content-Type of aiohttp's making.
+                skip_auto_headers=("User-Agent", "Accept", "Content-Type"),
             )
         return self._session
 
