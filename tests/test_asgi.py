@@ -46,6 +46,39 @@ class TestParseListen:
             parse_listen(text)
 
 
+class TestEveryAddress:
+    """[::] listens on every address, IPv4 and IPv6, so one probe_listen fits every cluster."""
+
+    @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
+    def test_dual_stack(self) -> None:
+        """Both 127.0.0.1 and ::1 reach a [::] listener (IPV6_V6ONLY off)."""
+        sock = bind(parse_listen("[::]:0"))
+        try:
+            port = sock.getsockname()[1]
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+            for host in ("127.0.0.1", "::1"):
+                socket.create_connection((host, port), timeout=2).close()
+        finally:
+            sock.close()
+
+    def test_ipv4_only_host_falls_back(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Where IPv6 is off (EAFNOSUPPORT) it becomes 0.0.0.0, not a failed start."""
+        real = socket.create_server
+
+        def no_ipv6(address: tuple[str, int], **kwargs: object) -> socket.socket:
+            if kwargs.get("family") == socket.AF_INET6:
+                raise OSError(97, "Address family not supported by protocol")
+            return real(address, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(socket, "create_server", no_ipv6)
+        sock = bind(parse_listen("[::]:0"))
+        try:
+            assert sock.family == socket.AF_INET
+            socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=2).close()
+        finally:
+            sock.close()
+
+
 class TestUnixSocket:
     """The admin unix socket: its mode, a stale one, a live one."""
 

@@ -32,8 +32,10 @@ from wxtokend.config import load_config
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
+BASE = KUBE / "base"
+OVERLAYS = KUBE / "overlays"
 DOCKERFILE = DEPLOY / "Dockerfile"
-KUSTOMIZATION = KUBE / "kustomization.yaml"
+KUSTOMIZATION = BASE / "kustomization.yaml"
 
 # The version the manifests are written for and validated against (native
 # sidecars are on by default from 1.29). The newest schemas kubernetes-validate
@@ -48,7 +50,7 @@ Doc = dict[str, Any]
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in KUBE.glob("*.y*ml") if p.name != KUSTOMIZATION.name)
+    return sorted(p for p in BASE.glob("*.y*ml") if p.name != KUSTOMIZATION.name)
 
 
 def documents() -> list[tuple[str, Doc]]:
@@ -263,7 +265,7 @@ class TestKustomization:
         """Every listed resource exists and no manifest file is left out."""
         listed = kustomization()["resources"]
         assert len(listed) == len(set(listed)), "a resource is listed twice"
-        assert all((KUBE / name).is_file() for name in listed)
+        assert all((BASE / name).is_file() for name in listed)
         assert sorted(listed) == [p.name for p in manifest_files()]
 
     def test_every_file_holds_one_named_resource(self) -> None:
@@ -275,31 +277,151 @@ class TestKustomization:
             assert docs[0]["kind"], path.name
             assert docs[0]["metadata"]["name"], path.name
 
-    def test_image_override_targets_the_sidecar_image(self) -> None:
-        """The kustomization's images: entry rewrites the sidecar's image."""
-        names = [image["name"] for image in kustomization().get("images", [])]
-        assert sidecar()["image"].split(":")[0] in names
+    def test_image_is_set_by_each_variant(self) -> None:
+        """The base names the image only as wxtokend; each variant sets registry and tag."""
+        assert sidecar()["image"] == "wxtokend"
+        assert "images" not in kustomization()
 
-    @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl (for kustomize) not found")
-    def test_kustomize_build_output_validates(self) -> None:
-        """`kubectl kustomize` renders every resource, each valid for the stated version."""
-        rendered = subprocess.run(
-            [shutil.which("kubectl") or "kubectl", "kustomize", str(KUBE)],
+
+# --- the rendered variants ------------------------------------------------------
+
+ALL_VERSIONS = [f"1.{minor}" for minor in range(28, 38)]
+# Where each variant works: native sidecars need 1.29; the pre-1.29 overlay works on all.
+VARIANTS = {
+    "default": (KUBE, ALL_VERSIONS[1:]),
+    "pre-1.29": (OVERLAYS / "pre-1.29", ALL_VERSIONS),
+    "fleet": (OVERLAYS / "fleet", ALL_VERSIONS[1:]),
+}
+_rendered: dict[str, list[Doc]] = {}
+
+
+def rendered(variant: str) -> list[Doc]:
+    """`kubectl kustomize` of a variant (cached: kubectl takes a moment)."""
+    if variant not in _rendered:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            pytest.skip("kubectl not installed (tests/run installs Debian's kubernetes-client)")
+        out = subprocess.run(
+            [kubectl, "kustomize", str(VARIANTS[variant][0])],
             capture_output=True,
             text=True,
             check=True,
             timeout=60,
         ).stdout
-        docs = [d for d in yaml.safe_load_all(rendered) if d]
-        assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
-            (d["kind"], d["metadata"]["name"]) for _, d in documents()
+        _rendered[variant] = [d for d in yaml.safe_load_all(out) if d]
+    return _rendered[variant]
+
+
+def rendered_kind(variant: str, kind: str) -> Doc:
+    found = [d for d in rendered(variant) if d["kind"] == kind]
+    assert len(found) == 1, (variant, kind)
+    return found[0]
+
+
+def rendered_config(variant: str) -> Doc:
+    config = yaml.safe_load(rendered_kind(variant, "ConfigMap")["data"]["config.yaml"])
+    assert isinstance(config, dict)
+    return config
+
+
+class TestVariants:
+    """Each kustomize variant renders, validates strictly for every version it supports,
+    and keeps the promises its comments make."""
+
+    @pytest.mark.parametrize("variant", list(VARIANTS))
+    def test_validates_for_every_supported_version(self, variant: str) -> None:
+        """Every rendered resource, strictly, for each Kubernetes version in its range."""
+        docs = rendered(variant)
+        assert {d["kind"] for d in docs} >= {"Deployment", "ConfigMap", "Secret"}
+        for version in VARIANTS[variant][1]:
+            for doc in docs:
+                validated = kubernetes_validate.validate(doc, version, strict=True)
+                assert validated == version, (variant, doc["kind"], version)
+
+    @pytest.mark.parametrize("variant", list(VARIANTS))
+    def test_image_override_applies(self, variant: str) -> None:
+        """The variant's images: entry rewrites every wxtokend container's image (set in
+        each variant: an overlay's patches come after the base's transformers)."""
+        own = yaml.safe_load((VARIANTS[variant][0] / "kustomization.yaml").read_text())
+        image = next(i for i in own["images"] if i["name"] == "wxtokend")
+        spec = rendered_kind(variant, "Deployment")["spec"]["template"]["spec"]
+        ours = [
+            c
+            for c in [*spec.get("initContainers", []), *spec["containers"]]
+            if c["name"] == "wxtokend"
+        ]
+        assert ours
+        assert all(c["image"] == f"{image['newName']}:{image['newTag']}" for c in ours)
+
+    @pytest.mark.parametrize("variant", list(VARIANTS))
+    def test_classic_grant_only_where_pods_cannot_collide(self, variant: str) -> None:
+        """A classic-grant app only in fleet mode, or in one pod replaced with Recreate."""
+        config = rendered_config(variant)
+        if all(a.get("grant", "stable") == "stable" for a in config["apps"]):
+            return
+        deployment = rendered_kind(variant, "Deployment")["spec"]
+        alone = deployment["replicas"] == 1 and deployment["strategy"]["type"] == "Recreate"
+        assert "fleet" in config or alone
+
+    @pytest.mark.parametrize("variant", list(VARIANTS))
+    def test_probe_listen_fits_every_ip_family(self, variant: str) -> None:
+        """[::]: dual-stack where it can, IPv4-only or IPv6-only clusters alike."""
+        assert split_listen(rendered_config(variant)["admin"]["probe_listen"])[0] == "::"
+
+    def test_pre_129_has_no_native_sidecar(self) -> None:
+        """No restartPolicy on the init container (dropped before 1.29, the pod would hang):
+        it fetches once (run --once) and wxtokend refreshes as a regular container."""
+        spec = rendered_kind("pre-1.29", "Deployment")["spec"]["template"]["spec"]
+        (init,) = spec["initContainers"]
+        assert "restartPolicy" not in init
+        assert init["args"][:2] == ["run", "--once"]
+        assert not any(probe in init for probe in ("startupProbe", "livenessProbe", "ports"))
+        refresher = next(c for c in spec["containers"] if c["name"] == "wxtokend")
+        assert refresher["args"] == ["run", "-c", init["args"][-1]]
+        assert refresher["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert refresher["volumeMounts"] == init["volumeMounts"]
+        assert refresher["securityContext"] == init["securityContext"]
+
+    def test_fleet_config_loads_with_the_fleet_files(self, tmp_path: Path) -> None:
+        """The fleet overlay's config names the Secret's redis-url and fleet-key files and
+        loads with the real loader; the Secret holds placeholders for both."""
+        config = rendered_config("fleet")
+        fleet = config["fleet"]
+        secret = rendered_kind("fleet", "Secret")["stringData"]
+        for key in ("redis_file", "key_file"):
+            assert Path(fleet[key]).name in secret
+            assert "REPLACE-ME" in secret[Path(fleet[key]).name]
+        assert rendered_kind("fleet", "Deployment")["spec"]["replicas"] > 1
+        config["output_dir"] = str(tmp_path / "tokens")
+        config["fleet"] = {"redis": "redis://127.0.0.1:1/0", "key_file": str(tmp_path / "k")}
+        (tmp_path / "k").write_text("k" * 40 + "\n")
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        loaded = load_config(path, secrets=False)
+        assert loaded.fleet is not None
+        assert any(a.grant == "classic" for a in loaded.apps)
+
+    def test_network_policy_guards_the_probe_port(self) -> None:
+        """Only the monitoring namespace reaches the probe port; the admin port never."""
+        policy = rendered_kind("default", "NetworkPolicy")["spec"]
+        assert (
+            policy["podSelector"]["matchLabels"]
+            == (rendered_kind("default", "Deployment")["spec"]["selector"]["matchLabels"])
         )
-        for doc in docs:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        image = next(i for i in kustomization()["images"] if i["name"] == "wxtokend")
-        deployment = next(d for d in docs if d["kind"] == "Deployment")
-        init = deployment["spec"]["template"]["spec"]["initContainers"]
-        assert init[0]["image"] == f"{image['newName']}:{image['newTag']}"
+        probe = split_listen(rendered_config("default")["admin"]["probe_listen"])[1]
+        ports = [p["port"] for rule in policy["ingress"] for p in rule.get("ports", [])]
+        assert probe in ports
+        assert split_listen(rendered_config("default")["admin"]["listen"])[1] not in ports
+        for rule in policy["ingress"]:
+            assert rule.get("from"), "a rule without from: would open the port to all"
+
+    def test_disruption_budget_selects_the_pods(self) -> None:
+        """The PodDisruptionBudget covers the Deployment's pods, one at a time."""
+        pdb = rendered_kind("default", "PodDisruptionBudget")["spec"]
+        deployment = rendered_kind("default", "Deployment")["spec"]
+        assert pdb["selector"]["matchLabels"] == deployment["selector"]["matchLabels"]
+        assert pdb["maxUnavailable"] == 1
+        assert deployment["replicas"] > 1
 
 
 class TestSidecar:
@@ -352,27 +474,33 @@ class TestVolumes:
         assert empty_dir["medium"] == "Memory"
         assert empty_dir["sizeLimit"]
 
-    def test_sidecar_writes_tokens_to_output_dir(self) -> None:
-        """The sidecar mounts the token volume read-write at the config's output_dir."""
+    def test_sidecar_writes_tokens_below_the_volume_root(self) -> None:
+        """The sidecar mounts the token volume read-write; output_dir is a directory in it,
+        not its world-writable (1777) root, where anyone in the pod could plant a file."""
         tokens = mount(sidecar(), volume_of("emptyDir")["name"])
         assert tokens is not None
         assert not tokens.get("readOnly", False)
-        assert tokens["mountPath"].rstrip("/") == embedded_config()["output_dir"].rstrip("/")
+        output_dir = Path(embedded_config()["output_dir"])
+        assert output_dir.parent == Path(tokens["mountPath"])
 
-    def test_app_containers_mount_tokens_read_only(self) -> None:
-        """Every app container mounts the token volume, read-only, at the same path."""
+    def test_app_containers_mount_only_the_tokens_read_only(self) -> None:
+        """Every app container mounts output_dir (subPath), read-only, at /run/wxtoken."""
+        output_dir = Path(embedded_config()["output_dir"])
         for container in app_containers():
             tokens = mount(container, volume_of("emptyDir")["name"])
             assert tokens is not None, container["name"]
             assert tokens.get("readOnly") is True, container["name"]
-            assert tokens["mountPath"] == embedded_config()["output_dir"]
+            assert tokens["subPath"] == output_dir.name
+            assert tokens["mountPath"] == "/run/wxtoken"
 
-    def test_no_sub_path_mounts(self) -> None:
-        """No mount uses subPath, which would never see ConfigMap/Secret updates."""
+    def test_no_sub_path_mounts_of_config_or_secrets(self) -> None:
+        """No ConfigMap or Secret mount uses subPath, which never sees their updates."""
+        watched = {volume_of(kind)["name"] for kind in ("configMap", "secret")}
         for container in all_containers():
             for m in container.get("volumeMounts", []):
-                assert "subPath" not in m, (container["name"], m)
-                assert "subPathExpr" not in m, (container["name"], m)
+                if m["name"] in watched:
+                    assert "subPath" not in m, (container["name"], m)
+                    assert "subPathExpr" not in m, (container["name"], m)
 
     def test_config_and_secrets_are_read_only_and_sidecar_only(self) -> None:
         """Only the sidecar mounts the ConfigMap and the Secret, both read-only."""
@@ -444,10 +572,13 @@ class TestSecurityContext:
 
     @pytest.mark.parametrize("name", [c["name"] for c in all_containers()])
     def test_container_has_requests_and_limits(self, name: str) -> None:
-        """The container requests and limits CPU and memory."""
+        """The container requests CPU and memory and limits memory; wxtokend has no CPU
+        limit (CFS throttling would stretch its CPU-bound start past the startupProbe)."""
         container = next(c for c in all_containers() if c["name"] == name)
-        for kind in ("requests", "limits"):
-            assert set(container["resources"][kind]) >= {"cpu", "memory"}
+        assert set(container["resources"]["requests"]) >= {"cpu", "memory"}
+        assert "memory" in container["resources"]["limits"]
+        if name == "wxtokend":
+            assert "cpu" not in container["resources"]["limits"]
 
     def test_sidecar_runs_as_the_image_user(self) -> None:
         """The sidecar's runAsUser:runAsGroup is the Dockerfile's USER."""
@@ -468,7 +599,7 @@ class TestConfigMap:
     def test_embedded_config_is_a_yaml_mapping(self) -> None:
         """config.yaml in the ConfigMap parses to a mapping with apps."""
         config = embedded_config()
-        assert config["output_dir"] == "/run/wxtoken"
+        assert config["output_dir"] == "/run/wxtoken-volume/tokens"
         assert config["file_mode"] == "0640"
         assert config["apps"]
 
@@ -477,7 +608,7 @@ class TestConfigMap:
         path = tmp_path / config_map_key()
         path.write_text(the("ConfigMap")["data"][config_map_key()], encoding="utf-8")
         config = load_config(path, environ={}, secrets=False)
-        assert config.output_dir == Path("/run/wxtoken")
+        assert config.output_dir == Path("/run/wxtoken-volume/tokens")
         assert config.file_mode == 0o640
         assert [a.name for a in config.apps] == [a["name"] for a in embedded_config()["apps"]]
         assert {a.name for a in config.apps} == set(the("Secret")["stringData"])

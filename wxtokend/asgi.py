@@ -92,10 +92,28 @@ def bind(listen: Listen, *, unix_mode: int = 0o660) -> socket.socket:
         os.chmod(listen.path, unix_mode)
         sock.listen(1024)
         return sock
+    if listen.host == "::":
+        return tcp_listener(_every_address(listen.port))
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     return tcp_listener(
         socket.create_server((listen.host, listen.port), family=family, backlog=4096)
     )
+
+
+def _every_address(port: int) -> socket.socket:
+    """``[::]``: every IPv6 and IPv4 address (dual-stack), on an IPv4-only host every IPv4
+    one, on an IPv6-only one every IPv6 one, so one setting fits every cluster."""
+    try:
+        return socket.create_server(
+            ("::", port),
+            family=socket.AF_INET6,
+            backlog=4096,
+            dualstack_ipv6=socket.has_dualstack_ipv6(),
+        )
+    except OSError as exc:
+        if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            raise
+    return socket.create_server(("0.0.0.0", port), family=socket.AF_INET, backlog=4096)
 
 
 def tcp_listener(sock: socket.socket) -> socket.socket:
