@@ -150,10 +150,8 @@ class Daemon:
 
     def health(self) -> list[str]:
         """Why the refresh machinery is unhealthy (dead or stuck loops); empty if fine."""
-        limit = self.config.request_timeout
-        return (
-            readiness.health(self._tasks, self._loops, fetch_limit=limit) + self.platforms.health()
-        )
+        loops = readiness.health(self._tasks, self._loops, fetch_limit=self.config.request_timeout)
+        return loops + self.platforms.health()
 
     def update_gauges(self) -> None:
         readiness.update_gauges(self.metrics, self.refreshers, self.readiness(), self.fleet)
@@ -162,8 +160,7 @@ class Daemon:
     def status_line(self) -> str:
         """One line for ``systemctl status``; a failed reload leads it until one succeeds."""
         line = readiness.status_line(self.refreshers, self.readiness(), self.clock.now())
-        failed = self._reloader.failed
-        return f"reload failed, running on the old config: {failed}; {line}" if failed else line
+        return self._reloader.status_line(line)
 
     # -- start and stop ------------------------------------------------------
 
@@ -178,16 +175,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event, listeners: Sequence[Listener] = ()) -> None:
         """Refresh every app, serve ``listeners`` and follow the config until ``stop``."""
         refreshers = self.start()
-        self._log.info(
-            "started",
-            apps=len(self.refreshers),
-            tickets=len(refreshers) - len(self.refreshers),
-            output_dir=str(self.config.output_dir),
-            api_base=self.config.api_base,
-            admin=[x.url for x in listeners if x.role == "admin"],
-            callback=[x.url for x in listeners if x.role == "callback"] or None,
-            api_proxy=[x.url for x in listeners if x.role == "api_proxy"] or None,
-        )
+        _log_started(self._log, self.config, len(self.refreshers), len(refreshers), listeners)
         self._sweep_leftovers()
         await self._follower.follow_once()
         for refresher in refreshers:
@@ -312,6 +300,26 @@ def _register_fleet_secrets(fleet: FleetSettings) -> None:
     if password:  # redis-py decodes %xx: hide both spellings
         REDACTOR.register("fleet:password", password, label="<redis password>")
         REDACTOR.register("fleet:password:raw", unquote(password), label="<redis password>")
+
+
+def _log_started(
+    log: Any, config: Config, apps: int, loops: int, listeners: Sequence[Listener]
+) -> None:
+    """The "started" event: what runs, and where each listener is (tests read it)."""
+
+    def urls(role: str) -> list[str] | None:
+        return [x.url for x in listeners if x.role == role] or None
+
+    log.info(
+        "started",
+        apps=apps,
+        tickets=loops - apps,
+        output_dir=str(config.output_dir),
+        api_base=config.api_base,
+        admin=urls("admin") or [],
+        callback=urls("callback"),
+        api_proxy=urls("api_proxy"),
+    )
 
 
 def _policy(config: Config) -> Policy:

@@ -118,6 +118,11 @@ class Reloader:
                 if not waiter.done():
                     waiter.set_result(self._outcome)
 
+    def status_line(self, line: str) -> str:
+        """``line``, led by what made the last reload fail until one succeeds."""
+        failed = self.failed
+        return f"reload failed, running on the old config: {failed}; {line}" if failed else line
+
     def _failed(self, problems: tuple[str, ...]) -> None:
         self.failed = problems[0] if problems else "unknown problem"
         self._outcome = ReloadOutcome(result="failed", problems=problems)
