@@ -179,10 +179,16 @@ class TestHostileRecords:
         client = redis.Redis.from_url(redis_server.url)
         top = stored_version(client, credential(target)) + 1000
         records = hostile_records(target, other, top)
-        for _, raw in records:
+        for planted, (_, raw) in enumerate(records, start=1):
             client.set(f"wxtokend:rec:{credential(target)}", raw)
             client.publish("wxtokend:updates", credential(target))
-            time.sleep(0.7)
+            # Each record must be read before the next replaces it: a member busy for a
+            # moment would otherwise read only the later one (and count one refusal).
+            wait_for(
+                lambda n=planted: all(rejected_metric(m) >= n for m in fleet),  # type: ignore[misc]
+                timeout=10,
+                what=f"record {planted} to be refused by every member",
+            )
         for member in fleet:
             with member.admin() as admin:
                 ready = admin.get("/readyz")
