@@ -39,10 +39,10 @@ class CrashResult:
     apps: int
     elapsed: float = 0.0
     failures: list[str] = field(default_factory=list)  # partial/empty/unparsable/missing, ...
-    bare_behind: int = 0  # bare file holds the JSON's previous token (JSON is written first)
-    # Bare file differs from the JSON's token and from the token at the last inspection:
-    # the daemon saved twice since then and was killed between the second save's renames.
-    bare_other: int = 0
+    # Bare file holds a token the JSON named earlier (JSON is written first; a start repairs
+    # the bare file only for a token it can still serve, so an expired one is left behind).
+    bare_behind: int = 0
+    bare_other: int = 0  # bare file holds a token the JSON never named: a torn or foreign write
     temps_seen: int = 0  # temp files found right after a kill
     premature: list[str] = field(default_factory=list)  # restart calls while tokens were valid
     safe_checked: int = 0  # (restart, app) pairs whose token was valid, not interrupted, not due
@@ -95,8 +95,10 @@ def _safe_at_start(out: Path, apps: list[TestApp], result: CrashResult) -> dict[
     return safe
 
 
-def _inspect(out: Path, apps: list[TestApp], previous: dict[str, str], result: CrashResult) -> None:
-    """Check every app's two files after a kill; remember each JSON's token in ``previous``."""
+def _inspect(
+    out: Path, apps: list[TestApp], named: dict[str, set[str]], result: CrashResult
+) -> None:
+    """Check every app's two files after a kill; ``named`` gathers every JSON's token."""
     for app in apps:
         where = f"kill {result.kills}: {app.name}"
         try:
@@ -117,14 +119,15 @@ def _inspect(out: Path, apps: list[TestApp], previous: dict[str, str], result: C
         if token is None:
             result.failures.append(f"{where}: JSON partial or unparsable ({len(data)} bytes)")
             continue
+        earlier = named.setdefault(app.name, set())
+        earlier.add(token)
         if bare is None:
             result.bare_behind += 1  # a first fetch cut off between the two writes
         elif bare.decode() != token:
-            if bare.decode() == previous.get(app.name):
+            if bare.decode() in earlier:
                 result.bare_behind += 1
             else:
                 result.bare_other += 1
-        previous[app.name] = token
 
 
 def _json_token(data: bytes, appid: str) -> str | None:
@@ -156,12 +159,12 @@ def kill_loop(work: Path, *, kills: int, apps: int, seed: int = 6) -> CrashResul
     emu = EmulatorProcess(work / "emu", group, lifetime=LIFETIME, grace=GRACE, stable_window=WINDOW)
     daemon = DaemonProcess(work / "d", group, emu.base_url, stable_renew_window=WINDOW)
     out = daemon.output_dir
-    previous: dict[str, str] = {}
+    named: dict[str, set[str]] = {}
     try:
         daemon.start()
         daemon.wait_for_tokens(names, timeout=60)
         daemon.kill()
-        _inspect(out, group, previous, result)
+        _inspect(out, group, named, result)
         pending = _temps(out)  # temp files a start must remove
         emu.post("/emulator/reset-stats", {})
         began = time.monotonic()
@@ -187,7 +190,7 @@ def kill_loop(work: Path, *, kills: int, apps: int, seed: int = 6) -> CrashResul
                 made = _calls(after, app.appid) - _calls(before, app.appid)
                 if made:
                     result.premature.append(f"kill {result.kills}: {app.name} ({made} calls)")
-            _inspect(out, group, previous, result)
+            _inspect(out, group, named, result)
             now_temps = _temps(out)
             result.temps_seen += len(now_temps - pending)
             if reached_start:  # the start's cleanup ran: nothing from before may survive it
@@ -262,8 +265,8 @@ def crash_safety(work: Path, *, kills: int = 200, apps: int = 20, seed: int = 6)
             "0",
             f"{apps} apps ({classic} classic, {apps - classic} stable), lifetime {LIFETIME} s,"
             f" killed 0.2-1.5 s after each start; bare file behind its JSON after a kill:"
-            f" {r.bare_behind + r.bare_other} (JSON is written first; {r.bare_other} of them"
-            f" after two saves in one short life), which the next start rewrites;"
+            f" {r.bare_behind} (JSON is written first; the next start rewrites it while the"
+            f" token is valid); bare file holding a token its JSON never named: {r.bare_other};"
             f" temp files left by kills: {r.temps_seen}, all removed by the next start;"
             f" tokens rejected after a final clean start: {r.final_invalid}"
             + (f"; {shown}" if shown else ""),
