@@ -240,25 +240,22 @@ class DaemonProcess:
 
     def admin_url(self, *, timeout: float = 20) -> str:
         """The admin listener's base URL, from the daemon's "started" event."""
-
-        def started() -> str | None:
-            for event in self.events():
-                if event.get("event") == "started" and event.get("admin"):
-                    return str(event["admin"][0])
-            return None
-
-        return str(wait_for(started, timeout=timeout, what="the daemon's started event"))
+        return self._started_url("admin", timeout=timeout)
 
     def proxy_url(self, *, timeout: float = 20) -> str:
         """The API proxy's base URL, from the daemon's "started" event."""
+        return self._started_url("api_proxy", timeout=timeout)
+
+    def _started_url(self, role: str, *, timeout: float) -> str:
+        """The first address the "started" event gives for the listener ``role``."""
 
         def started() -> str | None:
             for event in self.events():
-                if event.get("event") == "started" and event.get("api_proxy"):
-                    return str(event["api_proxy"][0])
+                if event.get("event") == "started" and event.get(role):
+                    return str(event[role][0])
             return None
 
-        return str(wait_for(started, timeout=timeout, what="the daemon's api_proxy listener"))
+        return str(wait_for(started, timeout=timeout, what=f"the daemon's {role} listener"))
 
     def admin(self, *, timeout: float = 20) -> httpx.Client:
         """An HTTP client for the admin listener."""

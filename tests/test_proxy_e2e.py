@@ -398,15 +398,9 @@ async def _expect_continue(base: str, head: str, body: bytes) -> tuple[bytes, in
     interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
     writer.write(body)
     await writer.drain()
-    final = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        int(x.split(b":")[1])
-        for x in final.split(b"\r\n")
-        if x.lower().startswith(b"content-length:")
-    )
-    answer = await reader.readexactly(length)
+    status, answer = await _read_reply(reader)
     writer.close()
-    return interim, int(final.split(b" ", 2)[1]), answer
+    return interim, status, answer
 
 
 async def _raw(base: str, request: str, *, body: bool = True) -> tuple[int, bytes]:
@@ -414,6 +408,13 @@ async def _raw(base: str, request: str, *, body: bool = True) -> tuple[int, byte
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(request.encode("latin-1"))
     await writer.drain()
+    status, payload = await _read_reply(reader, body=body)
+    writer.close()
+    return status, payload
+
+
+async def _read_reply(reader: asyncio.StreamReader, *, body: bool = True) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer's status and its Content-Length body (none if ``body`` is False)."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(
         (
@@ -424,5 +425,4 @@ async def _raw(base: str, request: str, *, body: bool = True) -> tuple[int, byte
         0,
     )
     payload = await reader.readexactly(length) if length and body else b""
-    writer.close()
     return int(head.split(b" ", 2)[1]), payload
