@@ -20,6 +20,8 @@ import httpx
 from conftest import DaemonFactory, EmulatorFactory
 from harness import DaemonProcess, EmulatorProcess, free_port, wait_for
 
+from wxtokend.redact import fingerprint
+
 COMPONENT = "wx00c0c0c0c0c0c0c0"
 SECRET = "COMPONENT_SECRET_0123456789abcdef"
 TOKEN = "wxtokendplatformtoken"
@@ -228,6 +230,51 @@ class TestChain:
                 assert token is not None
                 assert emu.check(token) == 0
         assert "needs re-authorization" in proc.log_text()
+
+
+class TestCheck:
+    """`wxtokend check` summarises each platform from its files, and never shows a secret."""
+
+    def test_before_the_first_start_and_after(
+        self, emulator: EmulatorFactory, daemon: DaemonFactory, tmp_path: Path
+    ) -> None:
+        emu, proc, directory = _start(emulator, daemon, tmp_path)
+        first = proc.run("check")
+        assert first.returncode == 0, first.stderr
+        assert "1 platform(s)" in first.stdout
+        assert "component_verify_ticket: none received yet" in first.stdout
+        assert "callback.listen" in first.stdout
+        assert "component_access_token: no token file yet" in first.stdout
+        assert "accounts: 0 with refresh tokens" in first.stdout
+        proc.start()
+        wait_for(lambda: all(_token(proc, a) for a in PREAUTHORIZED), timeout=20, what="tokens")
+        proc.stop()
+        calls = _stats(emu)["counts"]
+        later = proc.run("check", "--online")
+        assert later.returncode == 0, later.stderr
+        assert "component_verify_ticket: received" in later.stdout
+        component = _token(proc, "component_access_token")
+        assert component is not None
+        assert f"component_access_token: token {fingerprint(component)} valid for" in later.stdout
+        assert "accounts: 3 with refresh tokens in" in later.stdout
+        assert "3 with a valid token file" in later.stdout
+        assert "agency/: not asked online" in later.stdout
+        journal = (directory / "state" / "agency" / "grants.jsonl").read_text().splitlines()
+        ticket = json.loads(
+            (directory / "state" / "agency" / "component_verify_ticket.json").read_text()
+        )
+        secrets = [json.loads(line)["refresh_token"] for line in journal]
+        secrets += [ticket["ticket"], component, SECRET, TOKEN, AES_KEY]
+        secrets += [t for t in (_token(proc, a) for a in PREAUTHORIZED) if t]
+        shown = first.stdout + first.stderr + later.stdout + later.stderr
+        assert [s for s in secrets if s in shown] == []
+        assert _stats(emu)["counts"] == calls  # nothing asked of WeChat for the platform
+        ticket_file = directory / "state" / "agency" / "component_verify_ticket.json"
+        ticket["created_at"] = time.time() - 13 * 3600  # the pushes stopped half a day ago
+        ticket_file.write_text(json.dumps(ticket))
+        stale = proc.run("check")
+        assert "component_verify_ticket: the newest is 13 h old, past its 12 h" in stale.stdout
+        assert "check that the callback URL reaches callback.listen" in stale.stdout
 
 
 class TestCrashSafety:

@@ -115,6 +115,13 @@ class TestSuiteChain:
         log = proc.log_text()
         for secret in (SECRET, TOKEN, AES_KEY, *codes):
             assert secret not in log
+        checked = proc.run("check")
+        assert checked.returncode == 0, checked.stderr
+        assert "crm/: WeCom suite" in checked.stdout
+        assert "suite_ticket: received" in checked.stdout
+        assert "accounts: 2 with permanent codes in" in checked.stdout
+        assert "2 with a valid token file" in checked.stdout
+        assert not [c for c in codes if c in checked.stdout]
         # An uninstall: WeCom pushes cancel_auth, that corp's files go.
         emu.post(f"/emulator/suites/{SUITE}/cancel-auth", {"corpid": corps[1]})
         wait_for(lambda: _token(proc, corps[1]) is None, timeout=10, what="files removed")

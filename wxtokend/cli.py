@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wxtokend import __version__, control, emulator, logs
 from wxtokend.admin import SigningError, signed_fields, signing_ticket
+from wxtokend.check_platform import platform_lines
 from wxtokend.config import Config, json_schema, load_config
 from wxtokend.errors import (
     ConfigError,
@@ -268,8 +269,9 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args)
     for warning in _check_output_dir(config):  # what run would refuse, check refuses too
         print(f"WARNING: output_dir: {warning}")
+    platforms = f", {len(config.platforms)} platform(s)" if config.platforms else ""
     print(
-        f"{config.path}: config valid — {len(config.apps)} app(s),"
+        f"{config.path}: config valid — {len(config.apps)} app(s){platforms},"
         f" token files in {config.output_dir}"
     )
     store = TokenStore(directory=config.output_dir, file_mode=config.file_mode, gid=config.file_gid)
@@ -287,6 +289,8 @@ def _check(args: argparse.Namespace) -> int:
         except StateFileError as exc:
             on_disk = f"state file unusable: {exc}"
         print(f"  {app.name}: appid {app.appid}, {app.grant} grant, {app.secret_source}; {on_disk}")
+    for line in platform_lines(config, _token_problem, now):
+        print(line)
     if not args.online:
         return 0
     return asyncio.run(_check_online(config, store, force=args.force))
@@ -327,6 +331,12 @@ async def _check_online(config: Config, store: TokenStore, *, force: bool) -> in
                 _keep_forced_token(store, app.appid, app.name, app.api_base, token)
     finally:
         await client.aclose()
+    for platform in config.platforms:
+        print(
+            f"  {platform.name}/: not asked online — its upper token needs the pushed ticket,"
+            " and a fetch here could invalidate the daemon's; /readyz and the daemon's log"
+            " give WeChat's answers with their fixes"
+        )
     print(_online_summary(checked, failed, skipped=len(config.apps) - checked))
     return 1 if failed else 0
 
