@@ -150,13 +150,97 @@ class TestReplies:
         )
 
 
+async def exchange(
+    url: str, *, method: str = "GET", body: bytes | None = None, limit: float = 2.0
+) -> tuple[int, bytes]:
+    """One call on the WeChat client's own path (no httpx objects)."""
+    transport = AiohttpTransport(max_connections=2)
+    try:
+        return await transport.exchange(
+            method, url, headers={"User-Agent": "wxtokend/t"}, body=body, phase_timeout=limit
+        )
+    finally:
+        await transport.aclose()
+
+
+async def via_httpx(url: str, limit: float = 2.0) -> tuple[int, bytes]:
+    """One call through httpx's interface, the body read by read_body."""
+    async with client(limit) as c:
+        response = await c.send(c.build_request("GET", url), stream=True)
+        try:
+            return response.status_code, await read_body(response)
+        finally:
+            await response.aclose()
+
+
+@pytest.fixture(params=["httpx", "exchange"])
+def fetch(request: pytest.FixtureRequest) -> Callable[..., Awaitable[tuple[int, bytes]]]:
+    """Both ways through the transport: each must fail and cap alike."""
+    return via_httpx if request.param == "httpx" else exchange
+
+
+class TestExchange:
+    """The client's own path: what the server gets, and what comes back."""
+
+    async def test_query_sent_as_encoded_and_body_as_given(self) -> None:
+        """The URL is not re-encoded; the body and headers arrive unchanged."""
+        body = json.dumps({"component_appid": "wx1"}).encode()
+        url_query = "?component_access_token=a%2Bb%2F%3D&x=%E4%B8%AD"
+        async with server(reply(b'{"ok":1}')) as (base, heads):
+            status, answer = await exchange(
+                f"{base}/cgi-bin/x{url_query}", method="POST", body=body
+            )
+        assert (status, answer) == (200, b'{"ok":1}')
+        head, sent = requests(heads)
+        assert head.startswith(b"POST /cgi-bin/x" + url_query.encode() + b" HTTP/1.1")
+        assert b"user-agent: wxtokend/t" in head.lower()
+        assert sent == body
+
+    async def test_gzip_body_is_decoded(self) -> None:
+        """A gzip Content-Encoding is decoded within the cap."""
+        handler = reply(gzip.compress(b'{"errcode":0}'), extra=b"Content-Encoding: gzip\r\n")
+        async with server(handler) as (base, _):
+            assert await exchange(f"{base}/x") == (200, b'{"errcode":0}')
+
+    async def test_other_statuses_come_back_unread(self) -> None:
+        """A 502 is returned with no body read, and the connection is not pooled."""
+        async with server(head_only(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 9\r\n\r\n")) as (
+            base,
+            _,
+        ):
+            assert await asyncio.wait_for(exchange(f"{base}/x"), timeout=1.5) == (502, b"")
+
+    async def test_keep_alive_reuses_one_connection(self) -> None:
+        """Sequential calls share one connection."""
+        transport = AiohttpTransport(max_connections=1)
+        async with server(reply(b"{}")) as (base, seen):
+            for _ in range(5):
+                await transport.exchange(
+                    "GET", f"{base}/x", headers={}, body=None, phase_timeout=2.0
+                )
+            await transport.aclose()
+        assert seen.count(b"<connection>") == 1
+
+    async def test_proxy_gets_the_absolute_url(self) -> None:
+        """With proxy: set, the request goes to the proxy in absolute form, still encoded."""
+        async with server(reply(b"{}")) as (proxy, heads):
+            transport = AiohttpTransport(max_connections=1, proxy=proxy)
+            url = "http://api.weixin.example/cgi-bin/token?appid=wx1&secret=a%2Bb"
+            await transport.exchange("GET", url, headers={}, body=None, phase_timeout=2.0)
+            await transport.aclose()
+        assert requests(heads)[0].startswith(b"GET " + url.encode() + b" ")
+
+
 class TestFailures:
-    """Every failure is an httpx error, and its text never quotes the URL."""
+    """Every failure is an httpx error, and its text never quotes the URL (both paths)."""
+
+    @pytest.fixture(autouse=True)
+    def _path(self, fetch: Callable[..., Awaitable[tuple[int, bytes]]]) -> None:
+        self.fetch = fetch
 
     async def check(self, base: str, expected: type[Exception], limit: float = 2.0) -> None:
-        async with client(limit) as c:
-            with pytest.raises(expected) as info:
-                await c.get(token_url(base))
+        with pytest.raises(expected) as info:
+            await self.fetch(token_url(base), limit=limit)
         assert SECRET not in str(info.value)
         assert info.value.__cause__ is None
         assert info.value.__suppress_context__  # no aiohttp text chained either
@@ -269,30 +353,21 @@ def plain(body: bytes, **kw: bytes) -> Handler:
     return reply(body, extra=kw.get("extra", b""))
 
 
-async def read_capped(base: str, limit: int = MAX_BODY_BYTES) -> bytes:
-    transport = AiohttpTransport(max_connections=2)
-    try:
-        request = httpx.Request("GET", f"{base}/x", extensions={"timeout": {"read": 2.0}})
-        response = await transport.handle_async_request(request)
-        try:
-            return await read_body(response, limit)
-        finally:
-            await response.aclose()
-    finally:
-        await transport.aclose()
-
-
 class TestBodyCap:
     """The body is read from the socket only up to the cap, however it is framed."""
 
-    async def test_body_of_exactly_the_cap_is_read(self) -> None:
+    async def test_body_of_exactly_the_cap_is_read(
+        self, fetch: Callable[..., Awaitable[tuple[int, bytes]]]
+    ) -> None:
         """MAX_BODY_BYTES bytes arrive whole."""
         body = b" " * (MAX_BODY_BYTES - 2) + b"{}"
         async with server(plain(body)) as (base, _):
-            assert await read_capped(base) == body
+            assert await fetch(f"{base}/x") == (200, body)
 
     @pytest.mark.parametrize("framing", ["content-length", "close-delimited", "chunked"])
-    async def test_one_byte_over_is_refused(self, framing: str) -> None:
+    async def test_one_byte_over_is_refused(
+        self, framing: str, fetch: Callable[..., Awaitable[tuple[int, bytes]]]
+    ) -> None:
         """One byte over the cap is BodyTooLarge, whether announced, close-delimited or chunked."""
         body = b" " * (MAX_BODY_BYTES + 1)
         if framing == "content-length":
@@ -304,14 +379,16 @@ class TestBodyCap:
             handler = head_only(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
         async with server(handler) as (base, _):
             with pytest.raises(BodyTooLarge):
-                await read_capped(base)
+                await fetch(f"{base}/x")
 
-    async def test_announced_length_over_the_cap_is_refused_unread(self) -> None:
+    async def test_announced_length_over_the_cap_is_refused_unread(
+        self, fetch: Callable[..., Awaitable[tuple[int, bytes]]]
+    ) -> None:
         """A Content-Length over the cap is refused at once: no wait for a body never sent."""
         head = b"HTTP/1.1 200 OK\r\nContent-Length: 209715200\r\n\r\n"
         async with server(head_only(head)) as (base, _):
             with pytest.raises(BodyTooLarge, match="announces 209715200 bytes"):
-                await asyncio.wait_for(read_capped(base), timeout=1.5)
+                await asyncio.wait_for(fetch(f"{base}/x"), timeout=1.5)
 
     async def test_status_arrives_before_the_body(self) -> None:
         """The transport returns at the head; a stalled body is the reader's business."""

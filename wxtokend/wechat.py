@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlencode
 
 import httpx
 
@@ -84,10 +84,15 @@ class WeChatClient:
         if transport is None:
             transport = AiohttpTransport(max_connections=max_connections, proxy=proxy)
         self._transport = transport
+        self._headers = {
+            "User-Agent": f"wxtokend/{__version__}",
+            "Accept-Encoding": ACCEPT_ENCODING,
+        }
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             transport=transport,
-            headers={"User-Agent": f"wxtokend/{__version__}", "Accept-Encoding": ACCEPT_ENCODING},
+            headers=self._headers,
             trust_env=False,
             follow_redirects=False,
         )
@@ -125,18 +130,12 @@ class WeChatClient:
         refused: Callable[[Any], FetchError | None] | None = None,
     ) -> Any:
         """One call on the wire: its JSON reply once no errcode (read in ``table``) refused it."""
-        body = await self._exchange(self._request(app, call), app, call.endpoint, *call.sent)
+        body = await self._exchange(app, call)
         error = refused(body) if refused is not None else None
         if error is not None:
             raise error
         self._raise_errcode(body, app, table, *call.sent)
         return body
-
-    def _request(self, app: AppConfig, call: Call) -> httpx.Request:
-        url = self._url(app, call.endpoint)
-        if call.body is not None:  # a POST may carry a query too (component_access_token=)
-            return self._http.build_request(call.method, url, params=call.params, json=call.body)
-        return self._http.build_request(call.method, url, params=call.params)
 
     def _raise_errcode(
         self, body: Any, app: AppConfig, table: Mapping[int, Errcode], *extra: str
@@ -155,16 +154,15 @@ class WeChatClient:
         base = app.api_base.rstrip("/") if app.api_base else self._base
         return base + endpoint
 
-    async def _exchange(
-        self, request: httpx.Request, app: AppConfig, endpoint: str, *extra: str
-    ) -> Any:
+    async def _exchange(self, app: AppConfig, call: Call) -> Any:
         started = self._clock.now()
+        extra, endpoint = call.sent, call.endpoint
         error: FetchError
         try:
-            # httpx's timeout bounds each phase; this bounds the whole exchange, body
-            # included, so a reply dripping in cannot hold a concurrency slot for long.
+            # The transport's timeout bounds each phase; this bounds the whole exchange,
+            # body included, so a reply dripping in cannot hold a concurrency slot for long.
             async with asyncio.timeout(self._timeout):
-                status, body = await self._send(request)
+                status, body = await self._send(app, call)
         except TimeoutError:
             error = TransientError("timed out (whole request)", fix=_NETWORK_FIX)
         except httpx.TimeoutException as exc:
@@ -195,11 +193,24 @@ class WeChatClient:
         # quote the URL with the secret) is chained as __context__.
         raise error
 
-    async def _send(self, request: httpx.Request) -> tuple[int, bytes]:
+    async def _send(self, app: AppConfig, call: Call) -> tuple[int, bytes]:
         """The reply's status and (for a 200 only) its body, read within the cap."""
-        # Straight to the transport: the client's send() adds auth, redirects and a cookie
-        # jar, none of which WeChat calls use, and cost ~10 % of the loop at 10,000 apps.
-        # The request was built by the client, so it carries its headers and timeouts.
+        url = self._url(app, call.endpoint)
+        if isinstance(self._transport, AiohttpTransport):  # production: no httpx objects
+            body = None if call.body is None else _json_body(call.body)
+            if call.params:
+                url += "?" + urlencode(call.params)
+            headers = self._json_headers if body is not None else self._headers
+            return await self._transport.exchange(
+                call.method, url, headers=headers, body=body, phase_timeout=self._timeout
+            )
+        # Any other transport (a test's) through httpx: built by the client, so with its
+        # headers and timeouts, then straight to the transport (the client's send() adds
+        # auth, redirects and a cookie jar, none of which WeChat calls use).
+        if call.body is not None:  # a POST may carry a query too (component_access_token=)
+            request = self._http.build_request(call.method, url, params=call.params, json=call.body)
+        else:
+            request = self._http.build_request(call.method, url, params=call.params)
         response = await self._transport.handle_async_request(request)
         try:
             # Any other status is judged by its number alone: its body is never read.
@@ -238,3 +249,8 @@ class WeChatClient:
                 for form in (value, quote(value, safe=""), quote_plus(value)):
                     text = text.replace(form, "********")
         return self._redactor.scrub(text)[:300]
+
+
+def _json_body(body: Mapping[str, object]) -> bytes:
+    """A call's JSON body as httpx would encode it (compact UTF-8, no NaN)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
