@@ -15,7 +15,7 @@ from wxtokend import logs
 from wxtokend.platforms import commit
 from wxtokend.platforms.authorizers import Authorizer
 from wxtokend.platforms.commit import GroupCommit, each
-from wxtokend.platforms.listing import all_saved, save_held
+from wxtokend.platforms.listing import all_saved, save_held, unsaved
 from wxtokend.platforms.vault import Grant, Vault
 
 
@@ -175,6 +175,18 @@ class TestListedGrants:
         await save_held(book.entries, vault, clock.now(), logs.get_logger())
         assert all_saved(book.entries)
         assert _held(vault) == {A1: "LISTED_NEWER"}
+
+    def test_unsaved_shrinks_and_forgets_removed_accounts(self) -> None:
+        """Looking again among an earlier answer: saved ones and removed ones drop out."""
+        entries = {a: Authorizer(appid=a, refresh_token="R", unsaved=True) for a in (A1, A2, A3)}
+        first = unsaved(entries)
+        assert {e.appid for e in first} == {A1, A2, A3}
+        entries[A1].unsaved = False  # its first refresh saved it
+        del entries[A2]  # it unauthorized the platform meanwhile
+        entries[A2] = Authorizer(appid=A2, refresh_token="R2")  # authorized again: new, saved
+        assert [e.appid for e in unsaved(entries, first)] == [A3]
+        entries[A3].unsaved = False
+        assert unsaved(entries, first) == []
 
     def test_listed_marker_round_trip(self, tmp_path: Path) -> None:
         vault = _vault(tmp_path)

@@ -10,7 +10,7 @@ sweep is reused for a minute, so a burst of refusals costs one pass.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wxtokend.clock import Clock
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from wxtokend.platforms.authorizers import Authorizer
     from wxtokend.platforms.vault import Vault
 
-__all__ = ["Listing", "all_saved", "save_held"]
+__all__ = ["Listing", "all_saved", "save_held", "unsaved"]
 
 _SWEEP_REUSED: Final = 60.0  # seconds
 _REJECTED = (40001, 42001)  # the component token was refused
@@ -116,3 +116,16 @@ def all_saved(entries: Mapping[str, Authorizer]) -> bool:
     """Every live refresh token held is in the vault (none adopted and not yet written;
     one WeChat refused is dead and needs no copy)."""
     return not any(e.unsaved and not e.needs_authorization for e in entries.values())
+
+
+def unsaved(
+    entries: Mapping[str, Authorizer], among: Iterable[Authorizer] | None = None
+) -> list[Authorizer]:
+    """The entries whose live refresh token is not in the vault yet: of all ``entries``,
+    or only of ``among`` (an earlier answer) that are still in ``entries``.
+
+    Waiting on a shrinking list costs what is left at each look; scanning all
+    100,000 entries five times a second was a sixth of a core at a cold start.
+    """
+    pool = entries.values() if among is None else (e for e in among if entries.get(e.appid) is e)
+    return [e for e in pool if e.unsaved and not e.needs_authorization]

@@ -31,7 +31,7 @@ from wxtokend.platforms import view
 from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.calls import Sender, WireClient
 from wxtokend.platforms.fleet_side import FleetSide
-from wxtokend.platforms.listing import Listing, all_saved, save_held
+from wxtokend.platforms.listing import Listing, save_held, unsaved
 from wxtokend.platforms.products import OPEN_PLATFORM, WECOM_SUITE, Product
 from wxtokend.platforms.shared import GrantShare
 from wxtokend.platforms.vault import PushedTicket, Vault
@@ -201,8 +201,10 @@ class Platform:
         once each is in the vault, say so there, so later starts need no list."""
         added = await self.listing.sync(self.book)
         await save_held(self.book.entries, self.vault, self.clock.now(), self.log)
-        while not all_saved(self.book.entries):
-            await self.clock.sleep(0.2)  # each first refresh saves its account's grant
+        waiting = unsaved(self.book.entries)
+        while waiting:  # each first refresh saves its account's grant
+            await self.clock.sleep(1.0)
+            waiting = unsaved(self.book.entries, waiting)
         try:
             await in_writer(self.vault.save_listed, self.clock.now())
         except OSError as exc:
