@@ -72,7 +72,6 @@ def _daemon(work: Path, base_url: str, callback_port: int, output: Path | None) 
         base_url,
         **where,
         state_dir="state",
-        max_concurrency=int(__import__("os").environ.get("MC", "16")),
         callback={"listen": f"127.0.0.1:{callback_port}"},
         admin={"listen": f"127.0.0.1:{free_port()}"},  # the same across the restart
         platforms=[
