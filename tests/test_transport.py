@@ -10,11 +10,15 @@ import json
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import parse_qs
 
 import aiohttp
 import httpx
 import pytest
 
+from wxtokend.config import AppConfig
+from wxtokend.kinds import Call
+from wxtokend.redact import Secret
 from wxtokend.transport import (
     MAX_BODY_BYTES,
     AiohttpTransport,
@@ -23,6 +27,7 @@ from wxtokend.transport import (
     _translated,
     read_body,
 )
+from wxtokend.wechat import WeChatClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 SECRET = "s3cr3t0123456789abcdef0123456789"
@@ -229,6 +234,82 @@ class TestExchange:
             await transport.exchange("GET", url, headers={}, body=None, phase_timeout=2.0)
             await transport.aclose()
         assert requests(heads)[0].startswith(b"GET " + url.encode() + b" ")
+
+
+class TestClientOnTheRealTransport:
+    """WeChatClient's own path (no httpx objects) sends what httpx's would."""
+
+    async def test_query_body_and_base_on_the_wire(self) -> None:
+        """A secret with + / = % & arrives exactly, a path-prefixed base is kept, and a
+        POST carries its query and its JSON body."""
+        secret = "a+b/c=d%e&f" + "0" * 21
+        app = AppConfig(
+            appid="wx0000000000000001",
+            name="shop",
+            grant="classic",
+            secret=Secret(secret),
+            secret_source="test",
+            api_base="",
+        )
+        token = json.dumps({"access_token": "T" * 40, "expires_in": 7200}).encode()
+        async with server(reply(token)) as (base, heads):
+            client = WeChatClient(api_base=f"{base}/prefix/")
+            try:
+                await client.fetch_token(app)
+                post = Call(
+                    method="POST",
+                    endpoint="/cgi-bin/component/api_query_auth",
+                    params={"component_access_token": "C+/="},
+                    body={"component_appid": "wx1", "note": "中"},
+                )
+                assert await client.send(app, post, {}) == json.loads(token)
+            finally:
+                await client.aclose()
+        get_head, post_head, post_body = requests(heads)
+        target = get_head.split(b" ")[1].decode()
+        path, _, query = target.partition("?")
+        assert path == "/prefix/cgi-bin/token"
+        assert parse_qs(query) == {
+            "grant_type": ["client_credential"],
+            "appid": ["wx0000000000000001"],
+            "secret": [secret],
+        }
+        assert post_head.startswith(
+            b"POST /prefix/cgi-bin/component/api_query_auth?component_access_token=C%2B%2F%3D "
+        )
+        assert b"content-type: application/json" in post_head.lower()
+        assert json.loads(post_body) == {"component_appid": "wx1", "note": "中"}
+
+    async def test_base_is_normalised_as_httpx_would(self) -> None:
+        """An IDN host goes out in punycode, a path percent-encoded, dot segments resolved."""
+        client = WeChatClient(api_base="https://例子.example/a/../b/中/")
+        app = AppConfig(
+            appid="wx1",
+            name="x",
+            grant="classic",
+            secret=Secret("s"),
+            secret_source="t",
+            api_base="",  # the client's own base
+        )
+        assert client._wire_base(app) == "https://xn--fsqu00a.example/b/%E4%B8%AD"
+        await client.aclose()
+
+    async def test_a_url_yarl_refuses_is_a_transport_error(self) -> None:
+        """An api_base no URL parser accepts fails as a network error, not a ValueError."""
+        transport = AiohttpTransport(max_connections=1)
+        try:
+            with pytest.raises(httpx.NetworkError, match="invalid URL"):
+                await transport.exchange(
+                    "GET", "http://[::1/x?secret=" + SECRET, headers={}, body=None, phase_timeout=1
+                )
+        finally:
+            await transport.aclose()
+
+    async def test_repeated_content_encodings_are_read_together(self) -> None:
+        """identity, then gzip (two headers): decoded, as httpx reads them."""
+        extra = b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\n"
+        async with server(reply(gzip.compress(b'{"errcode":0}'), extra=extra)) as (base, _):
+            assert await exchange(f"{base}/x") == (200, b'{"errcode":0}')
 
 
 class TestFailures:

@@ -164,7 +164,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """
         reply = await self._open(
             method,
-            URL(url, encoded=True),
+            _encoded(url),
             headers,
             body,
             aiohttp.ClientTimeout(
@@ -180,8 +180,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 return reply.status, b""
             return 200, await read_chunks(
                 stream.__aiter__(),
-                declared=reply.headers.get("Content-Length", ""),
-                encoding=reply.headers.get("Content-Encoding", ""),
+                # Repeated headers joined, as httpx reads them (identity, then gzip).
+                declared=", ".join(reply.headers.getall("Content-Length", ())),
+                encoding=", ".join(reply.headers.getall("Content-Encoding", ())),
                 limit=limit,
             )
         finally:
@@ -295,6 +296,14 @@ def _inflate(decoder: zlib._Decompress, data: bytes, room: int, limit: int) -> b
     if len(out) > room:
         raise BodyTooLarge(f"decoded reply body is over the {limit}-byte cap")
     return out
+
+
+def _encoded(url: str) -> URL:
+    """``url`` as sent, never re-encoded; one yarl cannot parse is an httpx error."""
+    try:
+        return URL(url, encoded=True)
+    except ValueError:  # e.g. "Invalid IPv6 URL": the text never quotes the URL
+        raise _translated(aiohttp.InvalidURL("")) from None
 
 
 def describe_failure(exc: BaseException) -> str:

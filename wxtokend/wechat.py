@@ -89,6 +89,7 @@ class WeChatClient:
             "Accept-Encoding": ACCEPT_ENCODING,
         }
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._wire_bases: dict[str, str] = {}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             transport=transport,
@@ -149,6 +150,19 @@ class WeChatClient:
             errmsg = self._scrub(str(body.get("errmsg", "")), app, *extra)
             raise _error_for(errcode, errmsg, app, table)
 
+    def _wire_base(self, app: AppConfig) -> str:
+        """The app's base as httpx would send it (an IDN host in punycode, its path
+        percent-encoded and dot segments resolved): worked out once per distinct base."""
+        base = app.api_base.rstrip("/") if app.api_base else self._base
+        wire = self._wire_bases.get(base)
+        if wire is None:
+            try:
+                wire = str(httpx.URL(base)).rstrip("/")
+            except httpx.InvalidURL:
+                wire = base  # the transport refuses it as an invalid URL
+            self._wire_bases[base] = wire
+        return wire
+
     def _url(self, app: AppConfig, endpoint: str) -> str:
         """The app's own api_base (a reload may change it), else the client's default."""
         base = app.api_base.rstrip("/") if app.api_base else self._base
@@ -195,8 +209,8 @@ class WeChatClient:
 
     async def _send(self, app: AppConfig, call: Call) -> tuple[int, bytes]:
         """The reply's status and (for a 200 only) its body, read within the cap."""
-        url = self._url(app, call.endpoint)
         if isinstance(self._transport, AiohttpTransport):  # production: no httpx objects
+            url = self._wire_base(app) + call.endpoint
             body = None if call.body is None else _json_body(call.body)
             if call.params:
                 url += "?" + urlencode(call.params)
@@ -207,6 +221,7 @@ class WeChatClient:
         # Any other transport (a test's) through httpx: built by the client, so with its
         # headers and timeouts, then straight to the transport (the client's send() adds
         # auth, redirects and a cookie jar, none of which WeChat calls use).
+        url = self._url(app, call.endpoint)
         if call.body is not None:  # a POST may carry a query too (component_access_token=)
             request = self._http.build_request(call.method, url, params=call.params, json=call.body)
         else:
