@@ -84,6 +84,10 @@ class Platforms(Protocol):
 
     async def deliver(self, name: str, event: Event) -> None: ...
 
+    async def rejected(self, name: str, appid: str, token: str) -> str | None:
+        """WeChat refused an account's token in a proxied call: its next one, or None."""
+        ...
+
 
 class FleetState(Protocol):
     """Whether the fleet's Redis answers, and if not, why."""

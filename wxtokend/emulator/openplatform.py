@@ -159,6 +159,12 @@ class OpenPlatform:
             found.refresh_token = f"revoked@@@{secrets.token_urlsafe(8)}"
             found.previous_refresh = None
 
+    def revoke_tokens(self, component: str, appid: str) -> None:
+        """That authorizer's access tokens die at once (40001), its refresh token lives."""
+        found = self.platforms[component].authorizer(appid)
+        if found is not None:
+            found.tokens.clear()
+
     # -- WeChat's endpoints ----------------------------------------------------
 
     def component_token(self, body: dict[str, object], now: float) -> Reply:

@@ -10,6 +10,8 @@ sealed with the platform's crypto, POSTed with ``timestamp``, ``nonce``,
   "update"?}`` pushes ``authorized`` (or ``updateauthorized``); answers the appid and code.
 - ``POST /emulator/platforms/<component_appid>/unauthorize``: ``{"authorizer_appid"}``.
 - ``POST /emulator/platforms/<component_appid>/revoke-refresh-token``: ``{"authorizer_appid"}``.
+- ``POST /emulator/platforms/<component_appid>/revoke-token``: ``{"authorizer_appid"}``: its
+  access tokens die (40001), its refresh token lives.
 - ``GET /emulator/platforms``: counters per endpoint and refreshes per authorizer.
 """
 
@@ -176,6 +178,9 @@ def platform_routes(open_platform: OpenPlatform, core: Core, pusher: Pusher) -> 
             )
         if action == "revoke-refresh-token":
             open_platform.revoke_refresh_token(component, appid)
+            return JSONResponse({"ok": True})
+        if action == "revoke-token":
+            open_platform.revoke_tokens(component, appid)
             return JSONResponse({"ok": True})
         return JSONResponse({"error": f"no action {action[:32]!r}"}, status_code=404)
 

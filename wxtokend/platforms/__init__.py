@@ -24,6 +24,7 @@ from wxtokend.config import Config
 from wxtokend.fleet import Fleet
 from wxtokend.metrics import Metrics
 from wxtokend.platforms.platform import Platform
+from wxtokend.platforms.rejections import Rejections
 from wxtokend.schedule import Policy, Rng
 
 __all__ = ["Platform", "PlatformSet"]
@@ -62,6 +63,9 @@ class PlatformSet:
             )
             for p in config.platforms
         }
+        self._rejections = {
+            name: Rejections(p.book, clock=clock) for name, p in self.platforms.items()
+        }
 
     def intakes(self) -> dict[str, Intake]:
         """Each platform's callback intake, by name: one each, so replays are caught on
@@ -85,6 +89,11 @@ class PlatformSet:
         elif isinstance(event, Unauthorized | CorpCancelled):
             gone = event.authorizer_appid if isinstance(event, Unauthorized) else event.corpid
             await platform.unauthorized(gone)
+
+    async def rejected(self, name: str, appid: str, token: str) -> str | None:
+        """The API proxy's compare-and-refresh of an account's token (see rejections.py)."""
+        rejections = self._rejections.get(name)
+        return None if rejections is None else await rejections.rejected(appid, token)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         # WeChat wants "success" within 5 s: trading a code for tokens may take longer.

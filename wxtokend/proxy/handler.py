@@ -13,11 +13,12 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 from aiohttp import web
 
+from wxtokend.proxy.accounts import account_target
 from wxtokend.proxy.metrics import ProxyMetrics
 from wxtokend.proxy.route import (
     PLACEHOLDER_TOKEN,
@@ -35,8 +36,9 @@ from wxtokend.proxy.upstream import Peeked, Upstream, peek
 from wxtokend.transport import describe_failure
 
 if TYPE_CHECKING:
-    from wxtokend.config import ApiProxyConfig
-    from wxtokend.service import Loop, Service
+    from wxtokend.config import ApiProxyConfig, AppConfig
+    from wxtokend.service import Service
+    from wxtokend.store import Record
 
 __all__ = ["REJECTED_TOKEN", "ApiProxy"]
 
@@ -45,6 +47,20 @@ _METHODS: Final = frozenset({"GET", "POST"})
 _UNREACHABLE: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 Body = bytes | AsyncIterator[bytes]
+
+
+class Proxied(Protocol):
+    """What a call is made for: an app's loop, or a platform account (accounts.py)."""
+
+    @property
+    def app(self) -> AppConfig: ...
+
+    @property
+    def record(self) -> Record | None: ...
+
+    def has_valid_token(self) -> bool: ...
+
+    async def report_rejected(self, *, token: str) -> object: ...
 
 
 class ApiProxy:
@@ -85,12 +101,17 @@ class ApiProxy:
         found = target(raw_path.encode("latin-1"))
         if isinstance(found, Refused):
             return self._refused(found, app="")
-        loop = self._service.find(found.name)
+        loop: Proxied | None = self._service.find(found.name)
         if loop is None:
-            return self._refused(
-                Refused(404, 40013, f"no app named {found.name[:64]!r} in wxtokend's config"),
-                app="",
-            )
+            account = account_target(self._service, found, self._service.clock)
+            if account is None:
+                return self._refused(
+                    Refused(404, 40013, f"no app named {found.name[:64]!r} in wxtokend's config"),
+                    app="",
+                )
+            if isinstance(account, Refused):
+                return self._refused(account, app="")
+            loop, found = account
         app = loop.app
         refusal = allowed(found, app.kind) or _expectation(request)
         if refusal is not None:
@@ -110,7 +131,7 @@ class ApiProxy:
         return await self._forward(request, loop, found, raw_query.partition("#")[0])
 
     async def _forward(
-        self, request: web.BaseRequest, loop: Loop, found: Target, raw_query: str
+        self, request: web.BaseRequest, loop: Proxied, found: Target, raw_query: str
     ) -> web.StreamResponse:
         body = await _request_body(request, self._limit)
         headers = request_headers(list(request.headers.items()))
@@ -170,7 +191,7 @@ class ApiProxy:
         self._metrics.upstream(app, time.monotonic() - started)
         return reply
 
-    async def _recover(self, loop: Loop, rejected: str, *, replayable: bool) -> str | None:
+    async def _recover(self, loop: Proxied, rejected: str, *, replayable: bool) -> str | None:
         """The token to replay with, or None to return WeChat's answer."""
         name = loop.app.name
         if not replayable:
