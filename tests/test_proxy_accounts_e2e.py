@@ -20,6 +20,7 @@ SECRET = "COMPONENT_SECRET_0123456789abcdef"
 TOKEN = "wxtokendproxyaccounts"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ACCOUNTS = [f"wxa{i:015x}" for i in range(2)]
+NOT_YET = "wxb000000000000001"
 
 
 def _start(
@@ -61,6 +62,7 @@ def _start(
                 "component_appsecret_file": "secrets/agency",
                 "token_file": "secrets/agency.token",
                 "encoding_aes_key_file": "secrets/agency.aes",
+                "authorizers": [NOT_YET],  # expected, but it never authorized
             }
         ],
     ).start()
@@ -81,7 +83,7 @@ class TestAccounts:
         self, emulator: EmulatorFactory, daemon: DaemonFactory, tmp_path: Path
     ) -> None:
         """Each account's call is made with its own token; unknown ones are refused."""
-        _, proc, proxy = _start(emulator, daemon, tmp_path)
+        emu, proc, proxy = _start(emulator, daemon, tmp_path)
         for appid in ACCOUNTS:
             answer = httpx.get(f"{proxy}/agency/{appid}/cgi-bin/user/info?openid=o1").json()
             assert answer["errcode"] == 0, answer
@@ -91,6 +93,16 @@ class TestAccounts:
         assert (unknown.status_code, unknown.json()["errcode"]) == (404, 61003)
         bare = httpx.get(f"{proxy}/agency/{ACCOUNTS[0]}")
         assert bare.status_code == 404
+        waiting = httpx.get(f"{proxy}/agency/{NOT_YET}/cgi-bin/user/info")
+        assert (waiting.status_code, waiting.json()["errcode"]) == (403, 61023)
+        calls = emu.http.get("/emulator/platforms").json()["platforms"][COMPONENT]["counts"]
+        own = httpx.post(
+            f"{proxy}/agency/{ACCOUNTS[0]}/cgi-bin/component/api_authorizer_token",
+            json={"component_appid": COMPONENT, "authorizer_appid": ACCOUNTS[0]},
+        )
+        assert own.status_code == 403  # the component's calls are the daemon's alone
+        after = emu.http.get("/emulator/platforms").json()["platforms"][COMPONENT]["counts"]
+        assert after == calls
         metrics = httpx.get(f"{proc.admin_url()}/metrics").text
         assert 'app="agency/accounts"' in metrics
         assert not [a for a in ACCOUNTS if a in metrics]  # no label per account

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from fakes import VirtualClock
+from test_platforms import FakeWire, _book, _run_until
 
 from wxtokend.platforms.authorizers import Authorizer
 from wxtokend.platforms.rejections import MIN_INTERVAL, Rejections
@@ -91,3 +93,73 @@ class TestRejections:
         book.entries[A1].refresh_token = None
         assert await rejections.rejected(A1, "OLD") is None
         assert book.plans == []
+
+
+class TestGivingUpEarly:
+    """Callers get WeChat's answer at once where no new token can come in time."""
+
+    async def test_a_failing_account_keeps_its_backoff(self) -> None:
+        """An account already failing is not hurried by a refusal: nothing planned."""
+        clock = VirtualClock()
+        book = Book(clock)
+        entry = book.entries[A1]
+        entry.failures, entry.next_at = 2, clock.now() + 30
+        assert await Rejections(book, clock=clock).rejected(A1, "OLD") is None
+        assert book.plans == []
+
+    async def test_next_attempt_planned_past_the_wait(self) -> None:
+        """A fleet member whose turn it is not re-plans in 30-60 s: no 15 s stall."""
+        clock = VirtualClock()
+        book = Book(clock)
+        book.answer = False
+        rejections = Rejections(book, clock=clock)
+        started = clock.now()
+
+        async def replan_far() -> None:
+            await asyncio.sleep(0)
+            book.entries[A1].next_at = clock.now() + 45
+
+        _, got = await asyncio.gather(replan_far(), rejections.rejected(A1, "OLD"))
+        assert got is None
+        assert clock.now() - started < 1
+
+    async def test_removed_during_the_wait(self) -> None:
+        """The account unauthorized meanwhile: the wait ends."""
+        clock = VirtualClock()
+        book = Book(clock)
+        book.answer = False
+        rejections = Rejections(book, clock=clock)
+        started = clock.now()
+
+        async def unauthorize() -> None:
+            await asyncio.sleep(0)
+            del book.entries[A1]
+
+        _, got = await asyncio.gather(unauthorize(), rejections.rejected(A1, "OLD"))
+        assert got is None
+        assert clock.now() - started < 1
+
+
+class TestTheBookRefreshesARefusal:
+    """The real AuthorizerBook: a refused token is refreshed even with writes pending."""
+
+    async def test_pending_writes_do_not_stop_the_refresh(self, tmp_path: Path) -> None:
+        clock = VirtualClock()
+        wire = FakeWire(clock)
+        book, _, _ = _book(tmp_path, clock, wire)
+        assert book.adopt_listed(A1, "LISTED")
+        await _run_until(book, lambda: book.entries[A1].token is not None)
+        entry = book.entries[A1]
+        refused = entry.token
+        assert refused is not None
+        entry.unwritten = True  # a token file write failed: normally only that is retried
+        calls = len(wire.calls)
+        task = asyncio.create_task(book.run())
+        got = await Rejections(book, clock=clock).rejected(A1, refused)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert got is not None
+        assert got != refused
+        assert len(wire.calls) == calls + 1
+        assert entry.rejected is None

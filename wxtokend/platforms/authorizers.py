@@ -61,6 +61,7 @@ class Authorizer:
     unwritten: bool = False  # its token is not in its files yet (a failed write)
     unshared: bool = False  # fleet mode: its grant is not in Redis yet
     version: int = 0  # fleet mode: the version of the fleet's record it holds
+    rejected: str | None = field(default=None, repr=False)  # a token WeChat refused (proxy)
 
     def valid(self, now: float) -> bool:
         return self.token is not None and now < self.expires_at
@@ -69,6 +70,10 @@ class Authorizer:
         """A refresh token WeChat gave out (a fresh start): earlier errors are moot."""
         self.refresh_token, self.error, self.failures = refresh_token, None, 0
         self.unsaved = not saved
+
+    def refused(self) -> bool:
+        """The token held is one WeChat refused in a proxied call: refresh it first."""
+        return self.rejected is not None and self.rejected == self.token
 
     @property
     def needs_authorization(self) -> bool:
@@ -196,9 +201,11 @@ class AuthorizerBook:
     async def _refresh_due(self, appid: str, at: float) -> None:
         entry = self.entries.get(appid)
         # Not due any more: re-planned later meanwhile, and that plan is on the heap too.
-        if entry is None or entry.next_at > self._clock.now():
+        # A token WeChat refused in a proxied call (rejections.py) is replaced regardless.
+        if entry is None or (entry.next_at > self._clock.now() and not entry.refused()):
             return
-        if entry.valid(self._clock.now()) and (entry.unsaved or entry.unwritten or entry.unshared):
+        pending = entry.unsaved or entry.unwritten or entry.unshared
+        if entry.valid(self._clock.now()) and pending and not entry.refused():
             await self.write(entry)  # writes failed: only they are retried, no call
         elif self.in_fleet is None:
             await self.refresh(entry)
@@ -213,7 +220,7 @@ class AuthorizerBook:
 
     async def refresh(self, entry: Authorizer) -> None:
         """One upstream refresh of ``entry`` with its refresh token."""
-        refresh = entry.refresh_token
+        refresh, entry.rejected = entry.refresh_token, None  # this attempt answers a refusal
         if refresh is None:
             return
         component: str | None = None
@@ -308,15 +315,7 @@ class AuthorizerBook:
             return await self._send.send(call, self._product.errcodes)
 
     def refresh_point(self, entry: Authorizer, now: float) -> float:
-        # Spread over the lifetime's renewal window by the jitter: no herd at one mark.
-        return refresh_at(
-            now=now,
-            fetched_at=entry.fetched_at,
-            expires_at=entry.expires_at,
-            grant="classic",
-            rng=self.rng,
-            policy=self._policy,
-        )
+        return _refresh_point(entry, now, self.rng, self._policy)
 
     def now(self) -> float:
         return self._clock.now()
@@ -325,6 +324,18 @@ class AuthorizerBook:
 
     def counts(self) -> dict[str, int]:
         return count(self.entries.values(), self._clock.now())
+
+
+def _refresh_point(entry: Authorizer, now: float, rng: Rng, policy: Policy) -> float:
+    # Spread over the lifetime's renewal window by the jitter: no herd at one mark.
+    return refresh_at(
+        now=now,
+        fetched_at=entry.fetched_at,
+        expires_at=entry.expires_at,
+        grant="classic",
+        rng=rng,
+        policy=policy,
+    )
 
 
 async def _component_token(component: Dependency) -> str:

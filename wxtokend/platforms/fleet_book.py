@@ -58,7 +58,8 @@ class FleetBook:
         try:
             async with share.turn(entry.appid) as mine:
                 shared = await share.read(entry.appid, now)
-                if adopt(entry, shared) and self._fresh(entry, now):
+                # A refused token is never taken as fresh: the refusal needs a new one.
+                if adopt(entry, shared) and self._fresh(entry, now) and not entry.refused():
                     await book.write(entry)  # another instance refreshed it: no call
                 elif mine:
                     await book.refresh(entry)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AccountLoop", "account_target"]
 
+_PLATFORM_OWN = ("cgi-bin/component/", "cgi-bin/service/")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
@@ -89,10 +90,19 @@ def account_target(
             f"not a call for one of {platform.name}'s accounts: use"
             f" /{platform.name}/<authorizer appid or corpid>/cgi-bin/...",
         )
+    if path.startswith(_PLATFORM_OWN):
+        # These carry the component (suite) credentials, which only the daemon holds:
+        # proxied for an account they could rotate its refresh token behind its back.
+        return Refused(403, -1, f"{path.partition('?')[0][:64]} is {platform.name}'s own call")
     view = service.platforms.get(platform.name)
-    if view is None or view.authorizer_token(account, clock.now()) == 61003:
+    state = 61003 if view is None else view.authorizer_token(account, clock.now())
+    if state == 61003:
         return Refused(
             404, 61003, f"{account[:64]} has not authorized {platform.name} (not in its accounts)"
+        )
+    if state == 61023:
+        return Refused(
+            403, 61023, f"{account[:64]} must authorize {platform.name} again (no live grant)"
         )
     loop = AccountLoop(service, platform, account, clock)
     return loop, Target(name=f"{platform.name}/{account}", path=path, root=root)
