@@ -10,7 +10,7 @@ from harness import FLEET_KEY, RedisServer
 
 from wxtokend.fleet import Fleet, FleetSettings
 from wxtokend.metrics import Metrics
-from wxtokend.platforms.shared import GrantShare
+from wxtokend.platforms.shared import REMOVED, GrantShare
 from wxtokend.platforms.vault import PushedTicket
 from wxtokend.redact import Secret
 
@@ -63,6 +63,21 @@ class TestGrants:
         many = await b.read_many(["wxa1", "wxa2"], now)
         assert list(many) == ["wxa1"]
         assert many["wxa1"].grant == GRANT + "2"
+
+    async def test_a_removal_is_the_newest_record(self, redis_server: RedisServer) -> None:
+        """An unauthorized account's record says so, newer than its grant, signed alike."""
+        a, b = share(redis_server.url), share(redis_server.url)
+        now = time.time()
+        granted = await a.publish("wxa1", GRANT, token(now), now=now)
+        removed = await a.publish_removed("wxa1", now=now)
+        assert granted is not None
+        assert removed is not None
+        assert removed > granted
+        got = await b.read("wxa1", now)
+        assert got is not None
+        assert got.removed
+        assert got.token is None
+        assert REMOVED not in (await raw(a, a.grant_key("wxa1"))).decode()  # sealed too
 
     async def test_the_refresh_token_is_never_in_redis_in_clear(
         self, redis_server: RedisServer

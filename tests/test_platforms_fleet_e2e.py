@@ -137,3 +137,49 @@ class TestFleetOfThree:
                 assert admin.get("/readyz").status_code == 200
             assert "61023" not in member.log_text()
             assert SECRET not in member.log_text()
+
+    def test_an_unauthorized_account_leaves_every_instance(
+        self,
+        emulator: EmulatorFactory,
+        daemon: DaemonFactory,
+        redis_server: RedisServer,
+        tmp_path: Path,
+    ) -> None:
+        """WeChat tells the instance behind the callback URL; the fleet tells the others."""
+        ports = [free_port() for _ in range(3)]
+        emu = _emulator(emulator, push_to=ports[0])
+        fleet = [_member(daemon, emu, redis_server, tmp_path, i, ports[i]) for i in range(3)]
+        for member in fleet:
+            member.start()
+        for member in fleet:
+            wait_for(
+                lambda m=member: all(_token(m, a) for a in PREAUTHORIZED),
+                timeout=30,
+                what="every token on every instance",
+            )
+        gone, kept = PREAUTHORIZED[0], PREAUTHORIZED[1]
+        emu.post(f"/emulator/platforms/{COMPONENT}/unauthorize", {"authorizer_appid": gone})
+        for i, member in enumerate(fleet):
+            wait_for(
+                lambda m=member: _token(m, gone) is None,
+                timeout=10,
+                what=f"daemon{i} to forget the unauthorized account",
+            )
+            assert _token(member, kept) is not None
+            with member.admin() as admin:
+                summary = admin.get("/v1/platforms/agency").json()
+                assert summary["authorizers"]["total"] == len(PREAUTHORIZED) - 1, summary
+        told = [m.log_text().count('"told_by": "the fleet"') for m in fleet]
+        assert told[0] == 0  # WeChat told it
+        assert told[1:] == [1, 1]
+        # A restart does not bring it back: each member's vault forgot it too.
+        fleet[2].stop()
+        fleet[2].start()
+        wait_for(
+            lambda: fleet[2].log_text().count('"event": "started"') == 2,
+            timeout=30,
+            what="the restarted member running",
+        )
+        time.sleep(2)  # its catch-up with the fleet is done by now
+        assert _token(fleet[2], gone) is None
+        assert _token(fleet[2], kept) is not None

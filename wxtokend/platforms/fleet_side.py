@@ -16,6 +16,7 @@ from wxtokend.clock import Clock
 from wxtokend.fleet import RedisDown
 from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.fleet_book import FleetBook
+from wxtokend.platforms.removal import Forget
 from wxtokend.platforms.shared import GrantShare
 from wxtokend.platforms.vault import PushedTicket, check_appid
 from wxtokend.platforms.verify import VerifyTicket
@@ -31,6 +32,7 @@ class Wired(Protocol):
     ticket: VerifyTicket
     clock: Clock
     log: Any
+    forget: Forget
 
     async def keep_ticket(self, pushed: PushedTicket) -> None: ...
 
@@ -61,7 +63,7 @@ class FleetSide:
         """``platform``'s fleet side, wired to its parts."""
         return cls(
             share,
-            FleetBook(platform.book, share),
+            FleetBook(platform.book, share, forget=platform.forget),
             ticket=platform.ticket,
             keep_ticket=platform.keep_ticket,
             upper_loops=platform.upper_loops(),
@@ -97,6 +99,18 @@ class FleetSide:
         except RedisDown as exc:
             self._log.error(
                 "cannot share the pushed ticket with the fleet: the others wait for it",
+                error=str(exc),
+            )
+
+    async def publish_removed(self, appid: str) -> None:
+        """Tell the fleet ``appid`` unauthorized the platform: every member forgets it."""
+        try:
+            await self.share.publish_removed(appid, now=self._clock.now())
+        except RedisDown as exc:
+            self._log.error(
+                "cannot tell the fleet an authorizer unauthorized the platform: the others"
+                " keep its files until their refresh of it is refused",
+                authorizer=appid,
                 error=str(exc),
             )
 

@@ -33,6 +33,7 @@ from wxtokend.platforms.calls import Sender, WireClient
 from wxtokend.platforms.fleet_side import FleetSide
 from wxtokend.platforms.listing import Listing, save_held, unsaved
 from wxtokend.platforms.products import OPEN_PLATFORM, WECOM_SUITE, Product
+from wxtokend.platforms.removal import Forget
 from wxtokend.platforms.shared import GrantShare
 from wxtokend.platforms.vault import PushedTicket, Vault
 from wxtokend.platforms.verify import VerifyTicket
@@ -128,6 +129,7 @@ class Platform:
             recover=self.listed_grant if product_lists(product) else None,
             share=share,
         )
+        self.forget = Forget(self.book, self.vault, self.store, self.log)
         self.in_fleet = FleetSide.of(self, share) if share is not None else None
         self.crypto = MessageCrypto(
             token=config.token.reveal(),
@@ -242,12 +244,10 @@ class Platform:
             )
 
     async def unauthorized(self, appid: str) -> None:
-        """An ``unauthorized`` event: its tokens are dead; forget them and their files."""
-        if self.book.entries.pop(appid, None) is None:
-            return
-        await in_writer(self.vault.remove_grant, appid, self.clock.now())
-        await in_writer(self.store.remove, appid)
-        self.log.warning("authorizer unauthorized the platform: files removed", authorizer=appid)
+        """An ``unauthorized`` event: its tokens are dead; forget them and their files,
+        and tell the fleet (its other members hold them too)."""
+        if await self.forget(appid, told_by="WeChat") and self.in_fleet is not None:
+            await self.in_fleet.publish_removed(appid)
 
     # -- status ----------------------------------------------------------------
 

@@ -38,13 +38,17 @@ from wxtokend.credential import InvalidCredential, check
 from wxtokend.fleet import Fleet, RejectedRecord
 from wxtokend.platforms.vault import PushedTicket, check_secret
 
-__all__ = ["GrantShare", "Sealer", "SharedGrant"]
+__all__ = ["REMOVED", "GrantShare", "Sealer", "SharedGrant"]
 
 _GRANT_FIELDS: Final = frozenset(
     {"credential", "token", "expires_at", "fetched_at", "grant", "version", "sig"}
 )
 _TICKET_FIELDS: Final = frozenset({"credential", "ticket", "created_at", "version", "sig"})
 _KEEP_GRANT: Final = 90 * 86400.0  # a grant outlives its token: refresh tokens last long
+# The sealed grant of an account that unauthorized the platform: WeChat tells one instance,
+# the record tells the rest. No refresh token WeChat issues has this form; an instance too
+# old to know it takes it for one, is refused (61023) and marks the account.
+REMOVED: Final = "wxtokend:unauthorized"
 
 
 class Sealer:
@@ -98,6 +102,11 @@ class SharedGrant:
     token: str | None = field(default=None, repr=False)  # None once expired
     fetched_at: float = 0.0
     expires_at: float = 0.0
+
+    @property
+    def removed(self) -> bool:
+        """The account unauthorized the platform (on the instance WeChat told)."""
+        return self.grant == REMOVED
 
 
 def _object(raw: bytes, fields: frozenset[str]) -> dict[str, Any]:
@@ -203,6 +212,10 @@ class GrantShare:
         keep = max(expires_at, now) + _KEEP_GRANT
         stored = await self.fleet.write_raw(credential, json.dumps(data), version, keep)
         return version if stored else None
+
+    async def publish_removed(self, appid: str, *, now: float) -> int | None:
+        """``appid`` unauthorized the platform: the fleet's newest record says so."""
+        return await self.publish(appid, REMOVED, None, now=now)
 
     def parse_grant(self, raw: bytes, credential: str, now: float) -> SharedGrant:
         """The checked record under ``credential``, or RejectedRecord saying why."""
