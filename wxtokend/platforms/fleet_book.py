@@ -18,7 +18,6 @@ from wxtokend.platforms.authorizers import Authorizer
 
 if TYPE_CHECKING:
     from wxtokend.platforms.authorizers import AuthorizerBook
-    from wxtokend.platforms.removal import Forget
     from wxtokend.platforms.shared import GrantShare, SharedGrant
 
 __all__ = ["FleetBook", "adopt"]
@@ -47,8 +46,8 @@ def adopt(entry: Authorizer, shared: SharedGrant | None) -> bool:
 class FleetBook:
     """Makes one platform's :class:`AuthorizerBook` refresh and follow through the fleet."""
 
-    def __init__(self, book: AuthorizerBook, share: GrantShare, *, forget: Forget) -> None:
-        self._book, self._share, self._forget = book, share, forget
+    def __init__(self, book: AuthorizerBook, share: GrantShare) -> None:
+        self._book, self._share = book, share
         self._following: set[str] = set()
         book.in_fleet = self.refresh
 
@@ -59,8 +58,8 @@ class FleetBook:
         try:
             async with share.turn(entry.appid) as mine:
                 shared = await share.read(entry.appid, now)
-                if await self._removed(entry.appid, shared):
-                    return
+                if shared is not None and shared.removed:
+                    shared = None  # a removal is a question for WeChat: this refresh asks it
                 # A refused token is never taken as fresh: the refusal needs a new one.
                 if adopt(entry, shared) and self._fresh(entry, now) and not entry.refused():
                     await book.write(entry)  # another instance refreshed it: no call
@@ -89,7 +88,7 @@ class FleetBook:
         try:
             now = self._book.now()
             shared = await self._share.read(appid, now)
-            if shared is None or await self._removed(appid, shared):
+            if shared is None or self._removed(appid, shared):
                 return
             entry = self._book.entries.setdefault(appid, Authorizer(appid=appid))
             if adopt(entry, shared):
@@ -110,7 +109,7 @@ class FleetBook:
             except RedisDown:
                 return adopted
             for appid, shared in found.items():
-                if await self._removed(appid, shared):
+                if self._removed(appid, shared):
                     continue
                 entry = self._book.entries.get(appid)
                 if entry is not None and adopt(entry, shared):
@@ -118,18 +117,19 @@ class FleetBook:
                     await self._settle(entry, now)
         return adopted
 
-    async def _removed(self, appid: str, shared: SharedGrant | None) -> bool:
-        """The fleet says ``appid`` unauthorized the platform: forget it here too (if
-        the record is newer than what this instance holds); True if it is removed."""
-        if shared is None or not shared.removed:
+    def _removed(self, appid: str, shared: SharedGrant) -> bool:
+        """The fleet says ``appid`` unauthorized the platform (WeChat told another member):
+        True, and if this instance holds it, its refresh is due now. The answer is
+        WeChat's, not the record's: an account no longer authorized is refused and
+        marked, one authorized again (or a replayed record) is simply refreshed; a grant
+        is never deleted on a fleet record's word."""
+        if not shared.removed:
             return False
         entry = self._book.entries.get(appid)
-        if entry is None:
-            return True  # not held here: nothing to forget, nothing to adopt
-        if shared.version > entry.version:
-            await self._forget(appid, told_by="the fleet")
-            return True
-        return False  # held newer here (authorized again, not yet shared): that stands
+        if entry is not None and shared.version > entry.version:
+            entry.version = shared.version  # acted on once, not at every catch-up
+            self._book.plan(entry, self._book.now())
+        return True
 
     async def _settle(self, entry: Authorizer, now: float) -> None:
         """An adopted entry: written (and planned) if its token is valid, else due now."""

@@ -16,7 +16,6 @@ from wxtokend.clock import Clock
 from wxtokend.fleet import RedisDown
 from wxtokend.platforms.authorizers import AuthorizerBook
 from wxtokend.platforms.fleet_book import FleetBook
-from wxtokend.platforms.removal import Forget
 from wxtokend.platforms.shared import GrantShare
 from wxtokend.platforms.vault import PushedTicket, check_appid
 from wxtokend.platforms.verify import VerifyTicket
@@ -32,7 +31,6 @@ class Wired(Protocol):
     ticket: VerifyTicket
     clock: Clock
     log: Any
-    forget: Forget
 
     async def keep_ticket(self, pushed: PushedTicket) -> None: ...
 
@@ -63,7 +61,7 @@ class FleetSide:
         """``platform``'s fleet side, wired to its parts."""
         return cls(
             share,
-            FleetBook(platform.book, share, forget=platform.forget),
+            FleetBook(platform.book, share),
             ticket=platform.ticket,
             keep_ticket=platform.keep_ticket,
             upper_loops=platform.upper_loops(),
@@ -109,7 +107,7 @@ class FleetSide:
         except RedisDown as exc:
             self._log.error(
                 "cannot tell the fleet an authorizer unauthorized the platform: the others"
-                " keep its files until their refresh of it is refused",
+                " learn it when their refresh of it is refused",
                 authorizer=appid,
                 error=str(exc),
             )

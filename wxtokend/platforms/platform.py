@@ -245,8 +245,8 @@ class Platform:
 
     async def unauthorized(self, appid: str) -> None:
         """An ``unauthorized`` event: its tokens are dead; forget them and their files,
-        and tell the fleet (its other members hold them too)."""
-        if await self.forget(appid, told_by="WeChat") and self.in_fleet is not None:
+        and tell the fleet (its other members then ask WeChat about it at once)."""
+        if await self.forget(appid) and self.in_fleet is not None:
             await self.in_fleet.publish_removed(appid)
 
     # -- status ----------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Forgetting an account that unauthorized the platform: its grant, its files, its entry.
 
-WeChat's ``unauthorized`` event reaches one instance; in fleet mode the others learn
-it from the fleet's record (:data:`~wxtokend.platforms.shared.REMOVED`) and forget
-the account the same way, so no instance keeps serving a dead token.
+WeChat's ``unauthorized`` event reaches one instance, which forgets the account
+here. In fleet mode it also publishes a removal record
+(:data:`~wxtokend.platforms.shared.REMOVED`); the other members do not forget on that
+record's word (a replayed or late one must never cost a grant) but refresh the
+account at once, and WeChat's refusal marks it (fleet_book.py).
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ class Forget:
     def __init__(self, book: AuthorizerBook, vault: Vault, store: TokenStore, log: Any) -> None:
         self._book, self._vault, self._store, self._log = book, vault, store, log
 
-    async def __call__(self, appid: str, *, told_by: str) -> bool:
-        """Forget ``appid`` (``told_by``: "WeChat" or "the fleet"); False if not held."""
+    async def __call__(self, appid: str) -> bool:
+        """Forget ``appid``; False if it was not held."""
         if self._book.entries.pop(appid, None) is None:
             return False
         await in_writer(self._vault.remove_grant, appid, self._book.now())
         await in_writer(self._store.remove, appid)
-        self._log.warning(
-            "authorizer unauthorized the platform: files removed", authorizer=appid, told_by=told_by
-        )
+        self._log.warning("authorizer unauthorized the platform: files removed", authorizer=appid)
         return True

@@ -14,6 +14,9 @@ pub/sub):
   the credential as associated data (moved under another key, it does not open);
 - ``p:lock:grant:…``: held while one instance refreshes that authorizer.
 
+An account that unauthorized the platform gets a grant record whose sealed grant is
+:data:`REMOVED`: the others then refresh it at once and let WeChat's answer decide.
+
 Every record is signed (HMAC-SHA256, its own derived key) over all its fields,
 and checked like any input before use: a record that fails is not adopted.
 """
