@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from conftest import DaemonFactory, EmulatorFactory
 from harness import DaemonProcess, EmulatorProcess, free_port, wait_for
+from thirdparty import ThirdParty, ready
 
 from wxtokend.redact import fingerprint
 
@@ -27,6 +27,9 @@ SECRET = "COMPONENT_SECRET_0123456789abcdef"
 TOKEN = "wxtokendplatformtoken"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 PREAUTHORIZED = [f"wxa{i:015x}" for i in range(3)]
+AGENCY = ThirdParty(
+    name="agency", appid=COMPONENT, secret=SECRET, crypto_token=TOKEN, aes_key=AES_KEY
+)
 
 
 def _start(
@@ -48,10 +51,6 @@ def _start(
     }
     emu = emulator([], grace=2, platforms=[platform])
     directory = tmp_path / "daemon0"
-    secrets = directory / "secrets"
-    secrets.mkdir(parents=True)
-    for name, value in (("agency", SECRET), ("agency.token", TOKEN), ("agency.aes", AES_KEY)):
-        (secrets / name).write_text(value + "\n")
     proc = daemon(
         [],
         emu.base_url,
@@ -59,36 +58,9 @@ def _start(
         callback={"listen": f"127.0.0.1:{port}"},
         admin={"listen": f"127.0.0.1:{free_port()}"},  # the same across restarts
         retry={"min": "50ms", "max": "1s"},
-        platforms=[
-            {
-                "name": "agency",
-                "component_appid": COMPONENT,
-                "component_appsecret_file": "secrets/agency",
-                "token_file": "secrets/agency.token",
-                "encoding_aes_key_file": "secrets/agency.aes",
-            }
-        ],
+        platforms=[AGENCY.entry(directory)],
     )
     return emu, proc, directory
-
-
-def _files(proc: DaemonProcess) -> Path:
-    return proc.output_dir / "agency"
-
-
-def _token(proc: DaemonProcess, name: str) -> str | None:
-    try:
-        return (_files(proc) / name).read_text()
-    except FileNotFoundError:
-        return None
-
-
-def _ready(admin: httpx.Client) -> bool:
-    """/readyz says ready; False while a restarted daemon is not listening yet."""
-    try:
-        return admin.get("/readyz").status_code == 200
-    except httpx.ConnectError:
-        return False
 
 
 def _stats(emu: EmulatorProcess) -> dict[str, Any]:
@@ -103,26 +75,22 @@ class TestChain:
     ) -> None:
         emu, proc, directory = _start(emulator, daemon, tmp_path)
         proc.start()
-        wait_for(lambda: _token(proc, "component_access_token"), timeout=20, what="component")
-        wait_for(
-            lambda: all(_token(proc, a) for a in PREAUTHORIZED),
-            timeout=20,
-            what="the listed authorizers' tokens",
-        )
+        wait_for(lambda: AGENCY.token(proc, "component_access_token"), timeout=20, what="component")
+        AGENCY.wait_for_accounts(proc, PREAUTHORIZED)
         for appid in PREAUTHORIZED:
-            token = _token(proc, appid)
+            token = AGENCY.token(proc, appid)
             assert token is not None
             assert emu.check(token) == 0, f"{appid}'s token is not valid"
-            record = json.loads((_files(proc) / f"{appid}.json").read_text())
+            record = json.loads((AGENCY.files(proc) / f"{appid}.json").read_text())
             assert record["appid"] == appid
         # An account authorizes now: WeChat pushes the event, the daemon trades the code.
         answer = emu.post(f"/emulator/platforms/{COMPONENT}/authorize", {})
         assert answer["pushed"] is True
         new = answer["authorizer_appid"]
-        wait_for(lambda: _token(proc, new), timeout=20, what="the new authorizer's token")
+        wait_for(lambda: AGENCY.token(proc, new), timeout=20, what="the new authorizer's token")
         got = proc.run("get", f"agency/{new}")
         assert got.returncode == 0, got.stderr
-        assert got.stdout == _token(proc, new)
+        assert got.stdout == AGENCY.token(proc, new)
         # The private state: refresh tokens where consumers cannot read them.
         state = directory / "state" / "agency"
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
@@ -137,7 +105,7 @@ class TestChain:
         deadline = time.monotonic() + 14
         while time.monotonic() < deadline:
             for appid in [*PREAUTHORIZED, new]:
-                token = _token(proc, appid)
+                token = AGENCY.token(proc, appid)
                 assert token is not None
                 assert emu.check(token) == 0
             time.sleep(0.5)
@@ -166,7 +134,7 @@ class TestChain:
             emulator, daemon, tmp_path, component_token_lifetime=120, authorizer_token_lifetime=120
         )
         proc.start()
-        wait_for(lambda: all(_token(proc, a) for a in PREAUTHORIZED), timeout=20, what="tokens")
+        AGENCY.wait_for_accounts(proc, PREAUTHORIZED)
         # Once every listed grant is saved the daemon says so; a stop before that would
         # make the next start read the list again (one call per 500 accounts, nothing lost).
         marker = directory / "state" / "agency" / "authorizer_list.json"
@@ -175,7 +143,7 @@ class TestChain:
         proc.stop()
         proc.start()
         with proc.admin() as admin:
-            wait_for(lambda: _ready(admin), timeout=20, what="ready")
+            wait_for(lambda: ready(admin), timeout=20, what="ready")
         time.sleep(1)
         assert _stats(emu)["counts"] == before  # no component, list or authorizer call
 
@@ -196,7 +164,7 @@ class TestChain:
         proc.start()
         wait_for(marker.exists, timeout=20, what="the list marker again")
         with proc.admin() as admin:
-            wait_for(lambda: _ready(admin), timeout=20, what="ready")
+            wait_for(lambda: ready(admin), timeout=20, what="ready")
         after = _stats(emu)["counts"]
         assert after["api_get_authorizer_list"] == before["api_get_authorizer_list"] + 1
         assert after.get("api_authorizer_token") == before.get("api_authorizer_token")
@@ -206,7 +174,7 @@ class TestChain:
     ) -> None:
         emu, proc, _ = _start(emulator, daemon, tmp_path)
         proc.start()
-        wait_for(lambda: all(_token(proc, a) for a in PREAUTHORIZED), timeout=20, what="tokens")
+        AGENCY.wait_for_accounts(proc, PREAUTHORIZED)
         dead = PREAUTHORIZED[1]
         emu.post(
             f"/emulator/platforms/{COMPONENT}/revoke-refresh-token", {"authorizer_appid": dead}
@@ -226,7 +194,7 @@ class TestChain:
             time.sleep(8)  # more than a lifetime: the others refresh, the dead one is left
             assert _stats(emu)["refreshes"].get(dead, 0) == calls
             for appid in (PREAUTHORIZED[0], PREAUTHORIZED[2]):
-                token = _token(proc, appid)
+                token = AGENCY.token(proc, appid)
                 assert token is not None
                 assert emu.check(token) == 0
         assert "needs re-authorization" in proc.log_text()
@@ -247,13 +215,13 @@ class TestCheck:
         assert "component_access_token: no token file yet" in first.stdout
         assert "accounts: 0 with refresh tokens" in first.stdout
         proc.start()
-        wait_for(lambda: all(_token(proc, a) for a in PREAUTHORIZED), timeout=20, what="tokens")
+        AGENCY.wait_for_accounts(proc, PREAUTHORIZED)
         proc.stop()
         calls = _stats(emu)["counts"]
         later = proc.run("check", "--online")
         assert later.returncode == 0, later.stderr
         assert "component_verify_ticket: received" in later.stdout
-        component = _token(proc, "component_access_token")
+        component = AGENCY.token(proc, "component_access_token")
         assert component is not None
         assert f"component_access_token: token {fingerprint(component)} valid for" in later.stdout
         assert "accounts: 3 with refresh tokens in" in later.stdout
@@ -265,7 +233,7 @@ class TestCheck:
         )
         secrets = [json.loads(line)["refresh_token"] for line in journal]
         secrets += [ticket["ticket"], component, SECRET, TOKEN, AES_KEY]
-        secrets += [t for t in (_token(proc, a) for a in PREAUTHORIZED) if t]
+        secrets += [t for t in (AGENCY.token(proc, a) for a in PREAUTHORIZED) if t]
         shown = first.stdout + first.stderr + later.stdout + later.stderr
         assert [s for s in secrets if s in shown] == []
         assert _stats(emu)["counts"] == calls  # nothing asked of WeChat for the platform
@@ -289,13 +257,13 @@ class TestCrashSafety:
         )
         rng = random.Random(3)
         proc.start()
-        wait_for(lambda: all(_token(proc, a) for a in PREAUTHORIZED), timeout=20, what="tokens")
+        AGENCY.wait_for_accounts(proc, PREAUTHORIZED)
         for _ in range(10):
             time.sleep(rng.uniform(0.2, 2.5))  # refreshes (and rotations) every ~1.6 s
             proc.kill()
             proc.start()
         with proc.admin() as admin:
-            wait_for(lambda: _ready(admin), timeout=30, what="every authorizer valid again")
+            wait_for(lambda: ready(admin), timeout=30, what="every authorizer valid again")
             summary = admin.get("/v1/platforms/agency").json()
         assert summary["authorizers"]["needs_authorization"] == 0
         # And they go on rotating: each refresh token the daemon holds still works.

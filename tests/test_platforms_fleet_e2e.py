@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import DaemonFactory, EmulatorFactory
 from harness import DaemonProcess, EmulatorProcess, RedisServer, free_port, wait_for
-from test_platforms_e2e import AES_KEY, COMPONENT, PREAUTHORIZED, SECRET, TOKEN
+from test_platforms_e2e import AGENCY, COMPONENT, PREAUTHORIZED
 
 pytestmark = pytest.mark.e2e
 
@@ -25,9 +25,9 @@ LIFETIME = 6  # the authorizer token's, in the emulator's compressed time
 def _emulator(emulator: EmulatorFactory, push_to: int, lifetime: int = LIFETIME) -> EmulatorProcess:
     platform = {
         "component_appid": COMPONENT,
-        "component_appsecret": SECRET,
-        "token": TOKEN,
-        "encoding_aes_key": AES_KEY,
+        "component_appsecret": AGENCY.secret,
+        "token": AGENCY.crypto_token,
+        "encoding_aes_key": AGENCY.aes_key,
         "callback_url": f"http://127.0.0.1:{push_to}/callback/agency",
         "ticket_push_interval": 2.0,
         "component_token_lifetime": 10,
@@ -46,10 +46,6 @@ def _member(
     i: int,
     port: int,
 ) -> DaemonProcess:
-    secrets = tmp_path / f"daemon{i}" / "secrets"
-    secrets.mkdir(parents=True)
-    for name, value in (("agency", SECRET), ("agency.token", TOKEN), ("agency.aes", AES_KEY)):
-        (secrets / name).write_text(value + "\n")
     return daemon(
         [],
         emu.base_url,
@@ -57,23 +53,27 @@ def _member(
         callback={"listen": f"127.0.0.1:{port}"},
         retry={"min": "50ms", "max": "1s"},
         fleet={"redis": redis.url, "lock_ttl": 3, "reconcile_interval": 2},
-        platforms=[
-            {
-                "name": "agency",
-                "component_appid": COMPONENT,
-                "component_appsecret_file": "secrets/agency",
-                "token_file": "secrets/agency.token",
-                "encoding_aes_key_file": "secrets/agency.aes",
-            }
-        ],
+        platforms=[AGENCY.entry(tmp_path / f"daemon{i}")],
     )
 
 
-def _token(proc: DaemonProcess, name: str) -> str | None:
-    try:
-        return (proc.output_dir / "agency" / name).read_text()
-    except FileNotFoundError:
-        return None
+def _fleet(
+    emulator: EmulatorFactory,
+    daemon: DaemonFactory,
+    redis: RedisServer,
+    tmp_path: Path,
+    *,
+    lifetime: int,
+) -> tuple[EmulatorProcess, list[DaemonProcess]]:
+    """Three members started, each holding every token (WeChat knows one callback URL)."""
+    ports = [free_port() for _ in range(3)]
+    emu = _emulator(emulator, push_to=ports[0], lifetime=lifetime)
+    fleet = [_member(daemon, emu, redis, tmp_path, i, ports[i]) for i in range(3)]
+    for member in fleet:
+        member.start()
+    for member in fleet:  # the two never pushed to have the component token too
+        AGENCY.wait_for_accounts(member, [*PREAUTHORIZED, "component_access_token"], timeout=30)
+    return emu, fleet
 
 
 def _stats(emu: EmulatorProcess) -> dict[str, Any]:
@@ -90,23 +90,13 @@ class TestFleetOfThree:
         redis_server: RedisServer,
         tmp_path: Path,
     ) -> None:
-        ports = [free_port() for _ in range(3)]
-        emu = _emulator(emulator, push_to=ports[0])  # WeChat knows one callback URL
-        fleet = [_member(daemon, emu, redis_server, tmp_path, i, ports[i]) for i in range(3)]
-        for member in fleet:
-            member.start()
-        for member in fleet:  # the two never pushed to have the component token too
-            wait_for(
-                lambda m=member: all(
-                    _token(m, a) for a in [*PREAUTHORIZED, "component_access_token"]
-                ),
-                timeout=30,
-                what="every token on every instance",
-            )
+        emu, fleet = _fleet(emulator, daemon, redis_server, tmp_path, lifetime=LIFETIME)
         # An account authorizes: WeChat pushes the event to one instance, all get its token.
         new = emu.post(f"/emulator/platforms/{COMPONENT}/authorize", {})["authorizer_appid"]
         for member in fleet:
-            wait_for(lambda m=member: _token(m, new), timeout=20, what="the new account everywhere")
+            wait_for(
+                lambda m=member: AGENCY.token(m, new), timeout=20, what="the new account everywhere"
+            )
         accounts = [*PREAUTHORIZED, new]
         before = _stats(emu)
         started = time.monotonic()
@@ -114,7 +104,7 @@ class TestFleetOfThree:
         while time.monotonic() - started < 3 * LIFETIME:
             for i, member in enumerate(fleet):
                 for appid in accounts:
-                    token = _token(member, appid)
+                    token = AGENCY.token(member, appid)
                     if token is None or emu.check(token) != 0:
                         invalid.append(f"daemon{i}/{appid}")
             time.sleep(0.25)
@@ -136,7 +126,7 @@ class TestFleetOfThree:
                 assert summary["authorizers"]["needs_authorization"] == 0, summary
                 assert admin.get("/readyz").status_code == 200
             assert "61023" not in member.log_text()
-            assert SECRET not in member.log_text()
+            assert AGENCY.secret not in member.log_text()
 
     def test_an_unauthorized_account_is_known_on_every_instance(
         self,
@@ -148,20 +138,12 @@ class TestFleetOfThree:
         """WeChat tells the instance behind the callback URL, which forgets the account;
         the fleet's record makes the others ask WeChat at once, and its refusal marks it
         there (no grant is deleted on a record's word)."""
-        ports = [free_port() for _ in range(3)]
-        emu = _emulator(emulator, push_to=ports[0], lifetime=120)  # nothing due for 90 s
-        fleet = [_member(daemon, emu, redis_server, tmp_path, i, ports[i]) for i in range(3)]
-        for member in fleet:
-            member.start()
-        for member in fleet:
-            wait_for(
-                lambda m=member: all(_token(m, a) for a in PREAUTHORIZED),
-                timeout=30,
-                what="every token on every instance",
-            )
+        emu, fleet = _fleet(emulator, daemon, redis_server, tmp_path, lifetime=120)  # none due
         gone, kept = PREAUTHORIZED[0], PREAUTHORIZED[1]
         emu.post(f"/emulator/platforms/{COMPONENT}/unauthorize", {"authorizer_appid": gone})
-        wait_for(lambda: _token(fleet[0], gone) is None, timeout=10, what="the told one forgets")
+        wait_for(
+            lambda: AGENCY.token(fleet[0], gone) is None, timeout=10, what="the told one forgets"
+        )
         for i, member in enumerate(fleet[1:], start=1):
             with member.admin() as admin:
 
@@ -171,7 +153,7 @@ class TestFleetOfThree:
 
                 # Far sooner than its next planned refresh (90 s or more from now).
                 wait_for(marked, timeout=15, what=f"daemon{i} to mark it")
-            assert _token(member, kept) is not None
+            assert AGENCY.token(member, kept) is not None
         # A restarted member asks again at its catch-up: still marked, nothing lost.
         fleet[2].stop()
         fleet[2].start()
@@ -180,4 +162,4 @@ class TestFleetOfThree:
             timeout=30,
             what="the restarted member to mark it again",
         )
-        assert _token(fleet[2], kept) is not None
+        assert AGENCY.token(fleet[2], kept) is not None

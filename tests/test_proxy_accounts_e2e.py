@@ -11,7 +11,8 @@ import aiohttp
 import httpx
 import pytest
 from conftest import DaemonFactory, EmulatorFactory
-from harness import DaemonProcess, EmulatorProcess, free_port, wait_for
+from harness import DaemonProcess, EmulatorProcess, free_port
+from thirdparty import ThirdParty
 
 pytestmark = pytest.mark.e2e
 
@@ -21,6 +22,9 @@ TOKEN = "wxtokendproxyaccounts"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ACCOUNTS = [f"wxa{i:015x}" for i in range(2)]
 NOT_YET = "wxb000000000000001"
+AGENCY = ThirdParty(
+    name="agency", appid=COMPONENT, secret=SECRET, crypto_token=TOKEN, aes_key=AES_KEY
+)
 
 
 def _start(
@@ -45,29 +49,16 @@ def _start(
             }
         ],
     )
-    secrets = tmp_path / "daemon0" / "secrets"
-    secrets.mkdir(parents=True)
-    for name, value in (("agency", SECRET), ("agency.token", TOKEN), ("agency.aes", AES_KEY)):
-        (secrets / name).write_text(value + "\n")
     proc = daemon(
         [],
         emu.base_url,
         state_dir="state",
         callback={"listen": f"127.0.0.1:{port}"},
         api_proxy={"listen": "127.0.0.1:0"},
-        platforms=[
-            {
-                "name": "agency",
-                "component_appid": COMPONENT,
-                "component_appsecret_file": "secrets/agency",
-                "token_file": "secrets/agency.token",
-                "encoding_aes_key_file": "secrets/agency.aes",
-                "authorizers": [NOT_YET],  # expected, but it never authorized
-            }
-        ],
+        # NOT_YET is expected, but it never authorized
+        platforms=[AGENCY.entry(tmp_path / "daemon0", authorizers=[NOT_YET])],
     ).start()
-    files = proc.output_dir / "agency"
-    wait_for(lambda: all((files / a).exists() for a in ACCOUNTS), timeout=30, what="account tokens")
+    AGENCY.wait_for_accounts(proc, ACCOUNTS, timeout=30)
     return emu, proc, proc.proxy_url()
 
 

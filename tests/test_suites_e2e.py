@@ -14,14 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from conftest import DaemonFactory, EmulatorFactory
 from harness import DaemonProcess, EmulatorProcess, free_port, wait_for
+from thirdparty import ThirdParty, ready
 
 SUITE = "wwsuite0123456789"
 SECRET = "SUITE_SECRET_0123456789abcdef"
 TOKEN = "wxtokendsuitetoken"
 AES_KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefg"
+CRM = ThirdParty(
+    name="crm", appid=SUITE, secret=SECRET, crypto_token=TOKEN, aes_key=AES_KEY, suite=True
+)
 
 
 def _start(
@@ -41,10 +44,6 @@ def _start(
     }
     emu = emulator([], grace=2, suites=[suite])
     directory = tmp_path / "daemon0"
-    secrets = directory / "secrets"
-    secrets.mkdir(parents=True)
-    for name, value in (("crm", SECRET), ("crm.token", TOKEN), ("crm.aes", AES_KEY)):
-        (secrets / name).write_text(value + "\n")
     proc = daemon(
         [],
         emu.base_url,
@@ -52,24 +51,9 @@ def _start(
         callback={"listen": f"127.0.0.1:{port}"},
         admin={"listen": f"127.0.0.1:{free_port()}"},
         retry={"min": "50ms", "max": "1s"},
-        suites=[
-            {
-                "name": "crm",
-                "suite_id": SUITE,
-                "suite_secret_file": "secrets/crm",
-                "token_file": "secrets/crm.token",
-                "encoding_aes_key_file": "secrets/crm.aes",
-            }
-        ],
+        suites=[CRM.entry(directory)],
     )
     return emu, proc, directory
-
-
-def _token(proc: DaemonProcess, name: str) -> str | None:
-    try:
-        return (proc.output_dir / "crm" / name).read_text()
-    except FileNotFoundError:
-        return None
 
 
 def _stats(emu: EmulatorProcess) -> dict[str, Any]:
@@ -84,16 +68,16 @@ class TestSuiteChain:
     ) -> None:
         emu, proc, directory = _start(emulator, daemon, tmp_path)
         proc.start()
-        wait_for(lambda: _token(proc, "suite_access_token"), timeout=20, what="suite token")
+        wait_for(lambda: CRM.token(proc, "suite_access_token"), timeout=20, what="suite token")
         installs = [emu.post(f"/emulator/suites/{SUITE}/create-auth", {}) for _ in range(2)]
         assert all(i["pushed"] for i in installs)
         corps = [i["corpid"] for i in installs]
-        wait_for(lambda: all(_token(proc, c) for c in corps), timeout=20, what="corp tokens")
+        wait_for(lambda: all(CRM.token(proc, c) for c in corps), timeout=20, what="corp tokens")
         # Several corp-token lifetimes: every file stays valid, each refreshed ~once each.
         deadline = time.monotonic() + 14
         while time.monotonic() < deadline:
             for corpid in corps:
-                token = _token(proc, corpid)
+                token = CRM.token(proc, corpid)
                 assert token is not None
                 assert emu.check(token) == 0, f"{corpid}'s token is not valid"
             time.sleep(0.5)
@@ -124,8 +108,8 @@ class TestSuiteChain:
         assert not [c for c in codes if c in checked.stdout]
         # An uninstall: WeCom pushes cancel_auth, that corp's files go.
         emu.post(f"/emulator/suites/{SUITE}/cancel-auth", {"corpid": corps[1]})
-        wait_for(lambda: _token(proc, corps[1]) is None, timeout=10, what="files removed")
-        assert _token(proc, corps[0]) is not None
+        wait_for(lambda: CRM.token(proc, corps[1]) is None, timeout=10, what="files removed")
+        assert CRM.token(proc, corps[0]) is not None
 
     def test_restart_with_valid_tokens_costs_no_call(
         self, emulator: EmulatorFactory, daemon: DaemonFactory, tmp_path: Path
@@ -134,26 +118,26 @@ class TestSuiteChain:
             emulator, daemon, tmp_path, suite_token_lifetime=120, corp_token_lifetime=120
         )
         proc.start()
-        wait_for(lambda: _token(proc, "suite_access_token"), timeout=20, what="suite token")
+        wait_for(lambda: CRM.token(proc, "suite_access_token"), timeout=20, what="suite token")
         corpid = emu.post(f"/emulator/suites/{SUITE}/create-auth", {})["corpid"]
-        wait_for(lambda: _token(proc, corpid), timeout=20, what="the corp's token")
+        wait_for(lambda: CRM.token(proc, corpid), timeout=20, what="the corp's token")
         before = _stats(emu)["counts"]
         proc.stop()
         proc.start()
         with proc.admin() as admin:
-            wait_for(lambda: _ready(admin), timeout=20, what="ready after restart")
+            wait_for(lambda: ready(admin), timeout=20, what="ready after restart")
         time.sleep(1)
         assert _stats(emu)["counts"] == before  # no suite, permanent-code or corp call
-        assert _token(proc, corpid) is not None
+        assert CRM.token(proc, corpid) is not None
 
     def test_a_revoked_permanent_code_stops_that_corp_only(
         self, emulator: EmulatorFactory, daemon: DaemonFactory, tmp_path: Path
     ) -> None:
         emu, proc, _ = _start(emulator, daemon, tmp_path)
         proc.start()
-        wait_for(lambda: _token(proc, "suite_access_token"), timeout=20, what="suite token")
+        wait_for(lambda: CRM.token(proc, "suite_access_token"), timeout=20, what="suite token")
         corps = [emu.post(f"/emulator/suites/{SUITE}/create-auth", {})["corpid"] for _ in range(2)]
-        wait_for(lambda: all(_token(proc, c) for c in corps), timeout=20, what="corp tokens")
+        wait_for(lambda: all(CRM.token(proc, c) for c in corps), timeout=20, what="corp tokens")
         emu.post(f"/emulator/suites/{SUITE}/revoke-permanent-code", {"corpid": corps[0]})
         with proc.admin() as admin:
             wait_for(
@@ -167,13 +151,6 @@ class TestSuiteChain:
         calls = _stats(emu)["refreshes"].get(corps[0], 0)
         time.sleep(7)  # more than a lifetime: the other corp refreshes, the dead one is left
         assert _stats(emu)["refreshes"].get(corps[0], 0) == calls
-        token = _token(proc, corps[1])
+        token = CRM.token(proc, corps[1])
         assert token is not None
         assert emu.check(token) == 0
-
-
-def _ready(admin: httpx.Client) -> bool:
-    try:
-        return bool(admin.get("/readyz").status_code == 200)
-    except httpx.ConnectError:
-        return False
