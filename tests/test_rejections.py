@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,35 +108,31 @@ class TestGivingUpEarly:
         assert await Rejections(book, clock=clock).rejected(A1, "OLD") is None
         assert book.plans == []
 
-    async def test_next_attempt_planned_past_the_wait(self) -> None:
-        """A fleet member whose turn it is not re-plans in 30-60 s: no 15 s stall."""
+    @pytest.mark.parametrize(
+        "meanwhile",
+        [
+            # A fleet member whose turn it is not re-plans in 30-60 s: no 15 s stall.
+            pytest.param(
+                lambda b, c: setattr(b.entries[A1], "next_at", c.now() + 45), id="re-planned"
+            ),
+            pytest.param(lambda b, c: b.entries.pop(A1), id="unauthorized"),
+        ],
+    )
+    async def test_the_wait_ends_when_no_token_can_come(
+        self, meanwhile: Callable[[Book, VirtualClock], object]
+    ) -> None:
+        """Re-planned past the wait, or removed, while the caller waits: the wait ends."""
         clock = VirtualClock()
         book = Book(clock)
         book.answer = False
         rejections = Rejections(book, clock=clock)
         started = clock.now()
 
-        async def replan_far() -> None:
+        async def change() -> None:
             await asyncio.sleep(0)
-            book.entries[A1].next_at = clock.now() + 45
+            meanwhile(book, clock)
 
-        _, got = await asyncio.gather(replan_far(), rejections.rejected(A1, "OLD"))
-        assert got is None
-        assert clock.now() - started < 1
-
-    async def test_removed_during_the_wait(self) -> None:
-        """The account unauthorized meanwhile: the wait ends."""
-        clock = VirtualClock()
-        book = Book(clock)
-        book.answer = False
-        rejections = Rejections(book, clock=clock)
-        started = clock.now()
-
-        async def unauthorize() -> None:
-            await asyncio.sleep(0)
-            del book.entries[A1]
-
-        _, got = await asyncio.gather(unauthorize(), rejections.rejected(A1, "OLD"))
+        _, got = await asyncio.gather(change(), rejections.rejected(A1, "OLD"))
         assert got is None
         assert clock.now() - started < 1
 
