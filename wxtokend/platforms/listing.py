@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from wxtokend.platforms.authorizers import Authorizer
     from wxtokend.platforms.vault import Vault
 
-__all__ = ["Listing", "all_saved", "save_held", "unsaved"]
+__all__ = ["Listing", "save_held", "unsaved"]
 
 _SWEEP_REUSED: Final = 60.0  # seconds
 _REJECTED = (40001, 42001)  # the component token was refused
@@ -110,12 +110,6 @@ async def save_held(entries: Mapping[str, Authorizer], vault: Vault, now: float,
         entry = entries.get(grant.appid)
         if entry is not None and entry.refresh_token == grant.refresh_token:
             entry.unsaved = False  # not rotated meanwhile
-
-
-def all_saved(entries: Mapping[str, Authorizer]) -> bool:
-    """Every live refresh token held is in the vault (none adopted and not yet written;
-    one WeChat refused is dead and needs no copy)."""
-    return not any(e.unsaved and not e.needs_authorization for e in entries.values())
 
 
 def unsaved(
