@@ -84,7 +84,7 @@ def _safe_at_start(out: Path, apps: list[TestApp], result: CrashResult) -> dict[
     for app in apps:
         record = _read_json(out / f"{app.name}.json")
         try:
-            if record is None or record.get("expired") or record["expires_at"] <= now:
+            if record is None or not _unexpired(record, now):
                 continue
             started = record.get("refresh_started_at")
             if started is not None and started >= record["fetched_at"]:
@@ -229,10 +229,15 @@ def _logged_started(daemon: DaemonProcess, log_size: int) -> bool:
 
 def _serving(record: dict[str, Any] | None, bare: str | None) -> bool:
     """The bare file holds the JSON's token and that token has not expired."""
-    if record is None or record.get("access_token") != bare or record.get("expired"):
-        return False
+    return record is not None and record.get("access_token") == bare and _unexpired(record)
+
+
+def _unexpired(record: dict[str, Any], now: float | None = None) -> bool:
+    """The JSON's token is not marked expired and its expiry is still ahead."""
     expires = record.get("expires_at")
-    return isinstance(expires, int) and expires > time.time()
+    if record.get("expired") or not isinstance(expires, int):
+        return False
+    return expires > (time.time() if now is None else now)
 
 
 def _final_start(

@@ -36,11 +36,12 @@ class ThirdParty:
         files = {"": self.secret, ".token": self.crypto_token, ".aes": self.aes_key}
         for suffix, value in files.items():
             (secrets / f"{self.name}{suffix}").write_text(value + "\n")
-        key = "suite" if self.suite else "component"
         return {
             "name": self.name,
             ("suite_id" if self.suite else "component_appid"): self.appid,
-            f"{key}_{'secret' if self.suite else 'appsecret'}_file": f"secrets/{self.name}",
+            ("suite_secret_file" if self.suite else "component_appsecret_file"): (
+                f"secrets/{self.name}"
+            ),
             "token_file": f"secrets/{self.name}.token",
             "encoding_aes_key_file": f"secrets/{self.name}.aes",
             **extra,
